@@ -1,0 +1,72 @@
+"""onnxruntime helpers shared by the evaluator, verification and benchmarks.
+
+One place creates sessions (single-threaded intra-op by default so that latency ratios measured on
+a noisy 2-core machine are comparable, and so that a process pool does not oversubscribe cores).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+
+def make_session(model: onnx.ModelProto | bytes, threads: int = 1, optimize: bool = True) -> ort.InferenceSession:
+    """An onnxruntime CPU session for an in-memory model."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def run_batched(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256, output: int = 0) -> np.ndarray:
+    """Runs `x` through the session in batches and concatenates one output."""
+    name = session.get_inputs()[0].name
+    out_name = session.get_outputs()[output].name
+    parts = [session.run([out_name], {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0,), np.float32)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Median wall time of one forward pass, in milliseconds, at batch 1 and batch 32."""
+
+    batch1: float
+    batch32: float
+
+    def to_json(self) -> dict[str, float]:
+        return {"batch1": round(self.batch1, 4), "batch32": round(self.batch32, 4)}
+
+
+def _median_ms(session: ort.InferenceSession, feed: dict[str, np.ndarray], repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000.0)
+
+
+def measure_latency(
+    model: onnx.ModelProto, sample: np.ndarray, repeats: int = 30, warmup: int = 5, threads: int = 1
+) -> Latency:
+    """Median onnxruntime latency at batch 1 and 32. `sample` is one preprocessed input batch
+    (any size >= 1); it is tiled to 32. Absolute times are noisy here: compare ratios measured in
+    one run, never an absolute time in a test."""
+    session = make_session(model, threads=threads)
+    name = session.get_inputs()[0].name
+    one = sample[:1]
+    b32 = np.concatenate([one] * 32, axis=0) if len(sample) < 32 else sample[:32]
+    b1 = _median_ms(session, {name: one}, repeats, warmup)
+    b32_ms = _median_ms(session, {name: b32}, max(5, repeats // 3), max(1, warmup // 2))
+    return Latency(batch1=b1, batch32=b32_ms)

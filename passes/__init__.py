@@ -1,0 +1,1 @@
+"""onnxcompress.passes: graph-rewrite passes, one module each, registered by name."""

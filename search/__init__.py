@@ -1,0 +1,1 @@
+"""onnxcompress.search: environment, agents, rewards, evaluator and executors."""

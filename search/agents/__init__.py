@@ -1,0 +1,1 @@
+"""Search agents, one module each, registered by name."""
