@@ -70,3 +70,28 @@ def measure_latency(
     b1 = _median_ms(session, {name: one}, repeats, warmup)
     b32_ms = _median_ms(session, {name: b32}, max(5, repeats // 3), max(1, warmup // 2))
     return Latency(batch1=b1, batch32=b32_ms)
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs the named intermediate tensors."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in existing:
+            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return m
+
+
+def intermediate_outputs(model: onnx.ModelProto, x: np.ndarray, names: list[str], batch_size: int = 128) -> dict[str, np.ndarray]:
+    """Values of the named tensors for inputs `x`, computed by onnxruntime."""
+    if not names:
+        return {}
+    session = make_session(with_outputs(model, names), optimize=False)
+    in_name = session.get_inputs()[0].name
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for i in range(0, len(x), batch_size):
+        outs = session.run(names, {in_name: x[i : i + batch_size]})
+        for n, o in zip(names, outs):
+            parts[n].append(o)
+    return {n: np.concatenate(v, axis=0) for n, v in parts.items()}

@@ -1,0 +1,127 @@
+"""Channel importance criteria behind one interface (scoring is separate from cutting).
+
+Each criterion returns, for a channel group, one score per channel (higher = keep). Scores of a
+coupled group add up over all its members, as in Torch-Pruning's group importance.
+
+- "l1", "l2": norms of the producers' filters (rows) plus the consumers' input columns, each
+  member's norms divided by their mean so that no single layer dominates the group;
+- "bn": |gamma| of the group's BatchNormalization nodes (groups without BN fall back to "l1");
+- "activation": mean |activation| of the channel on calibration data times the norm of the weights
+  that read it (its contribution to the next layers);
+- "apoz": 1 - the average percentage of zeros of the (post-ReLU) channel on calibration data.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxcompress.compiler.ir import Analysis, ChannelGroup, ConstSlice
+from onnxcompress.errors import PlanError
+
+CRITERIA = ("l1", "l2", "bn", "activation", "apoz")
+DATA_CRITERIA = ("activation", "apoz")
+
+
+def _per_index_norm(values: np.ndarray, axis: int, order: int) -> np.ndarray:
+    moved = np.moveaxis(np.abs(values.astype(np.float64)), axis, 0).reshape(values.shape[axis], -1)
+    return moved.sum(1) if order == 1 else np.sqrt((moved**2).sum(1))
+
+
+def _channel_scores(s: ConstSlice, per_index: np.ndarray, space: int) -> np.ndarray:
+    """Per-channel scores of `space` from per-index scores along a slice's axis."""
+    layout = s.layout
+    offset = 0
+    for seg in layout.segments:
+        if seg.space == space:
+            break
+        offset += seg.length
+    length = next(seg.length for seg in layout.segments if seg.space == space)
+    if layout.block is None:
+        return per_index[offset : offset + length]
+    block = per_index.reshape(layout.block)
+    reduced = np.moveaxis(block, layout.block_axis, 0).reshape(layout.block[layout.block_axis], -1).sum(1)
+    return reduced[offset : offset + length]
+
+
+def _slices_of(analysis: Analysis, group: ChannelGroup, roles: tuple[str, ...]) -> list[tuple[ConstSlice, int]]:
+    spaces = set(group.spaces)
+    out = []
+    for s in analysis.slices:
+        if s.role in roles:
+            for sp in s.layout.spaces:
+                if sp in spaces:
+                    out.append((s, sp))
+    return out
+
+
+def weight_scores(graph: gs.Graph, analysis: Analysis, group: ChannelGroup, order: int, roles=("out", "in", "dw")) -> np.ndarray:
+    nodes = {n.name: n for n in graph.nodes}
+    total = np.zeros(group.channels)
+    for s, space in _slices_of(analysis, group, roles):
+        values = nodes[s.node].inputs[s.input_index].values
+        norms = _channel_scores(s, _per_index_norm(values, s.axis, order), space)
+        total += norms / (norms.mean() + 1e-12)
+    return total
+
+
+def bn_scores(graph: gs.Graph, analysis: Analysis, group: ChannelGroup) -> np.ndarray:
+    pairs = _slices_of(analysis, group, ("bn_scale",))
+    if not pairs:
+        return weight_scores(graph, analysis, group, 1)
+    nodes = {n.name: n for n in graph.nodes}
+    total = np.zeros(group.channels)
+    for s, space in pairs:
+        total += np.abs(_channel_scores(s, nodes[s.node].inputs[s.input_index].values.astype(np.float64), space))
+    return total
+
+
+def activation_scores(
+    graph: gs.Graph, analysis: Analysis, group: ChannelGroup, activations: dict[str, np.ndarray], kind: str
+) -> np.ndarray:
+    """`activations` maps tensor name -> calibration activations of the tensors that consumers
+    read (see `tensors_to_observe`)."""
+    nodes = {n.name: n for n in graph.nodes}
+    total = np.zeros(group.channels)
+    found = False
+    for s, space in _slices_of(analysis, group, ("in",)):
+        tensor = nodes[s.node].inputs[0].name
+        if tensor not in activations:
+            continue
+        act = activations[tensor]
+        axis = s.layout.axis
+        moved = np.moveaxis(act, axis, 1).reshape(act.shape[0], act.shape[axis], -1)
+        if kind == "apoz":
+            per_index = (moved > 0).mean(axis=(0, 2))
+        else:
+            w = nodes[s.node].inputs[s.input_index].values
+            per_index = np.abs(moved).mean(axis=(0, 2)) * _per_index_norm(w, s.axis, 2)
+        scores = _channel_scores(s, per_index, space)
+        total += scores / (scores.mean() + 1e-12)
+        found = True
+    return total if found else weight_scores(graph, analysis, group, 1)
+
+
+def tensors_to_observe(graph: gs.Graph, analysis: Analysis, groups: list[ChannelGroup]) -> list[str]:
+    nodes = {n.name: n for n in graph.nodes}
+    names = []
+    for g in groups:
+        for s, _ in _slices_of(analysis, g, ("in",)):
+            t = nodes[s.node].inputs[0].name
+            if t not in names:
+                names.append(t)
+    return names
+
+
+def scorer(criterion: str) -> Callable:
+    if criterion not in CRITERIA:
+        raise PlanError(f"unknown importance criterion '{criterion}'; choose one of {', '.join(CRITERIA)}")
+    return {
+        "l1": lambda g, a, grp, acts: weight_scores(g, a, grp, 1),
+        "l2": lambda g, a, grp, acts: weight_scores(g, a, grp, 2),
+        "bn": lambda g, a, grp, acts: bn_scores(g, a, grp),
+        "activation": lambda g, a, grp, acts: activation_scores(g, a, grp, acts, "activation"),
+        "apoz": lambda g, a, grp, acts: activation_scores(g, a, grp, acts, "apoz"),
+    }[criterion]

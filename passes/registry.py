@@ -1,0 +1,68 @@
+"""The pass registry: name -> PassSpec. Filled once at import (each pass module registers itself
+with `@register`), read-only afterwards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxcompress.errors import PlanError
+
+
+class PassParams(Protocol):
+    """Typed, frozen parameters of one pass call; parsed once from plan JSON."""
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> "PassParams": ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What a pass may read besides its graph and params. Passes never read global state.
+
+    calibration: preprocessed model inputs (a few hundred images) for data-driven passes.
+    anchors: ids ("g3", "b2") -> a node name, as analysed on the plan's *input* model, so that ids
+        in a plan keep meaning the same layers after earlier passes changed the graph.
+    """
+
+    calibration: np.ndarray | None = None
+    seed: int = 0
+    anchors: Mapping[str, str] = field(default_factory=dict)
+
+
+PassFn = Callable[[gs.Graph, Any, PassContext], gs.Graph]
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    name: str
+    params: type
+    run: PassFn
+    lossless: bool = False  # a lossless pass must reproduce its input's outputs exactly
+
+
+_REGISTRY: dict[str, PassSpec] = {}
+REGISTRY: Mapping[str, PassSpec] = MappingProxyType(_REGISTRY)
+
+
+def register(name: str, params: type, lossless: bool = False) -> Callable[[PassFn], PassFn]:
+    def deco(fn: PassFn) -> PassFn:
+        if name in _REGISTRY:
+            raise RuntimeError(f"pass '{name}' registered twice")
+        _REGISTRY[name] = PassSpec(name, params, fn, lossless)
+        return fn
+
+    return deco
+
+
+def get_pass(name: str) -> PassSpec:
+    spec = REGISTRY.get(name)
+    if spec is None:
+        raise PlanError(f"unknown pass '{name}'; known passes: {', '.join(sorted(REGISTRY))}")
+    return spec
