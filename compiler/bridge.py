@@ -409,10 +409,10 @@ class OnnxModule(nn.Module):
     def _liveness(self) -> dict[int, tuple[str, ...]]:
         """Names that no later node reads, per node index: freed during a run to save memory."""
         last: dict[str, int] = {}
-        for pos, n in enumerate(self.nodes):
+        for n in self.nodes:
             for x in n.inputs:
                 if x and x not in self._slots:
-                    last[x] = pos
+                    last[x] = n.index
         free: dict[int, list[str]] = {}
         for name, pos in last.items():
             if name not in self.output_names:
