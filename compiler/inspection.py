@@ -1,0 +1,72 @@
+"""`onnxcompress inspect`: what the compiler sees in a model, as the JSON contract of DESIGN.md and
+as a readable table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx
+
+from onnxcompress.compiler.cost import model_cost
+from onnxcompress.compiler.ir import Analysis, analyze
+from onnxcompress.compiler.onnx_io import import_graph, opset_of
+
+
+def _value_info(vi: onnx.ValueInfoProto) -> dict[str, Any]:
+    tt = vi.type.tensor_type
+    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+    return {"name": vi.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else None}
+
+
+def inspect_model(name: str, original: onnx.ModelProto, canonical: onnx.ModelProto) -> tuple[dict[str, Any], Analysis]:
+    """The `inspect --json` document for a model (costs of the canonical form, at batch 1)."""
+    graph = import_graph(canonical)
+    analysis = analyze(graph)
+    cost = model_cost(canonical, graph)
+    inits = {i.name for i in original.graph.initializer}
+    doc = {
+        "model": name,
+        "opset": opset_of(original),
+        "inputs": [_value_info(i) for i in original.graph.input if i.name not in inits],
+        "outputs": [_value_info(o) for o in original.graph.output],
+        "macs": cost.macs,
+        "params": cost.params,
+        "size_bytes": original.ByteSize(),
+        "layers": [l.to_json() for l in analysis.layers],
+        "groups": [g.to_json() for g in analysis.groups],
+        "removable": [u.to_json() for u in analysis.removable],
+        "quantizable": list(analysis.quantizable),
+        "frozen": [{"what": f.what, "reason": f.reason} for f in analysis.frozen],
+    }
+    return doc, analysis
+
+
+def _short(name: str, width: int = 44) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+def format_inspection(doc: dict[str, Any], analysis: Analysis) -> str:
+    lines = [
+        f"{doc['model']}  (opset {doc['opset']})",
+        "  inputs:  " + ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in doc["inputs"]),
+        "  outputs: " + ", ".join(f"{o['name']} {o['shape']} {o['dtype']}" for o in doc["outputs"]),
+        f"  MACs {doc['macs']:,}   params {doc['params']:,}   size {doc['size_bytes']:,} bytes",
+        "",
+        f"  {'layer':<45} {'op':<7} {'in':>5} {'out':>5} {'MACs':>13} {'params':>9}  group",
+    ]
+    for l in analysis.layers:
+        lines.append(
+            f"  {_short(l.name):<45} {l.op:<7} {l.in_channels:>5} {l.out_channels:>5} {l.macs:>13,} {l.params:>9,}  {l.out_group or '-'}"
+        )
+    lines += ["", f"  channel groups ({sum(g.prunable for g in analysis.groups)} prunable of {len(analysis.groups)}):"]
+    for g in analysis.groups:
+        state = "prunable" if g.prunable else f"frozen: {g.reason}"
+        lines.append(f"    {g.id:<5} {g.channels:>5} ch  {len(g.producers)} producer(s), {len(g.members)} members  {state}")
+    lines += ["", f"  removable units ({len(analysis.removable)}):"]
+    for u in analysis.removable:
+        lines.append(f"    {u.id:<5} {u.kind:<15} {len(u.nodes)} nodes  {u.macs:>12,} MACs  at {_short(u.anchor)}")
+    lines += ["", f"  quantizable ops: {len(analysis.quantizable)}"]
+    unknown = [f for f in analysis.frozen if not f.what.startswith("g")]
+    if unknown:
+        lines += ["", "  frozen by unknown ops:"] + [f"    {_short(f.what)}: {f.reason}" for f in unknown]
+    return "\n".join(lines)

@@ -1,0 +1,5 @@
+import sys
+
+from onnxcompress.cli import main
+
+sys.exit(main())

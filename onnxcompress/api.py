@@ -1,0 +1,141 @@
+"""The Python API. The CLI is a thin layer over these functions; each validates its inputs once
+and raises onnxcompress.errors.CompressError subclasses with one-line messages."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+from onnxcompress.compiler.cost import model_cost
+from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, load_data
+from onnxcompress.compiler.inspection import inspect_model
+from onnxcompress.compiler.onnx_io import canonicalize, load_model
+from onnxcompress.compiler.runtime import Latency, make_session, measure_latency, run_batched
+from onnxcompress.errors import DataError, ModelError
+from onnxcompress.passes import Plan, apply_plan
+
+PathLike = str | os.PathLike
+
+
+def load(model: PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """A model in the canonical form every pass and the search work on."""
+    original = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    return canonicalize(original)
+
+
+def inspect(model: PathLike) -> dict[str, Any]:
+    """The `inspect --json` document of DESIGN.md."""
+    original = load_model(model)
+    doc, _ = inspect_model(Path(model).name, original, canonicalize(original))
+    return doc
+
+
+def preprocess_for(model: onnx.ModelProto, scale: float | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Preprocess:
+    """The model's preprocessing (its metadata, else x/255) with explicit overrides."""
+    base = Preprocess.from_model(model)
+    return Preprocess(
+        scale=base.scale if scale is None else float(scale),
+        mean=base.mean if mean is None else tuple(mean),
+        std=base.std if std is None else tuple(std),
+    )
+
+
+def num_classes(model: onnx.ModelProto) -> int | None:
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    if len(dims) >= 2 and dims[1].HasField("dim_value"):
+        return int(dims[1].dim_value)
+    return None
+
+
+def read_data(
+    path: PathLike,
+    model: onnx.ModelProto,
+    preprocess: Preprocess | None = None,
+    classes: Sequence[int] | None = None,
+    limit: int | None = None,
+) -> Dataset:
+    """Loads images/labels for `model` (its input layout and size), preprocessed."""
+    spec = InputSpec.from_model(model)
+    return load_data(path, spec, preprocess or Preprocess.from_model(model), classes=classes, limit=limit, num_classes=num_classes(model))
+
+
+def apply(
+    model: PathLike | onnx.ModelProto,
+    plan: Plan | dict | PathLike,
+    data: PathLike | None = None,
+    preprocess: Preprocess | None = None,
+    calib_size: int = 256,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """Replays a plan on a model; `data` supplies calibration images for data-driven passes."""
+    canonical = load(model)
+    if not isinstance(plan, Plan):
+        plan = Plan.from_json(plan) if isinstance(plan, (dict, list)) else Plan.load(plan)
+    calibration = None
+    if data is not None:
+        calibration = read_data(data, canonical, preprocess, limit=calib_size).x
+    return apply_plan(canonical, plan, calibration=calibration, seed=seed)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float | None  # top-1 vs labels (None without labels)
+    agreement: float | None  # top-1 agreement with a teacher (None without one)
+    samples: int
+    macs: int
+    params: int
+    size_bytes: int
+    latency_ms: Latency
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "agreement": self.agreement,
+            "samples": self.samples,
+            "macs": self.macs,
+            "params": self.params,
+            "size_bytes": self.size_bytes,
+            "latency_ms": self.latency_ms.to_json(),
+        }
+
+
+def predict(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """Class scores for preprocessed inputs, (N, classes)."""
+    out = run_batched(make_session(model), x)
+    return out.reshape(out.shape[0], -1)
+
+
+def evaluate(
+    model: PathLike | onnx.ModelProto,
+    data: PathLike | Dataset,
+    teacher: PathLike | onnx.ModelProto | None = None,
+    preprocess: Preprocess | None = None,
+    limit: int | None = None,
+    classes: Sequence[int] | None = None,
+) -> Evaluation:
+    """Accuracy (and agreement with a teacher), cost and onnxruntime latency of a model."""
+    m = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    ds = data if isinstance(data, Dataset) else read_data(data, m, preprocess, limit=limit)
+    if len(ds) == 0:
+        raise DataError("the evaluation data is empty")
+    pred = predict(m, ds.x).argmax(1)
+    accuracy = float((pred == ds.y).mean()) if ds.y is not None else None
+    agreement = None
+    if teacher is not None:
+        t = teacher if isinstance(teacher, onnx.ModelProto) else load_model(teacher)
+        t_scores = predict(t, ds.x)
+        if classes is not None:
+            t_scores = t_scores[:, list(classes)]
+        if t_scores.shape[1] != predict(m, ds.x[:1]).shape[1]:
+            raise ModelError("the teacher and the model have different numbers of outputs (use --classes for a class-subset student)")
+        agreement = float((t_scores.argmax(1) == pred).mean())
+    # cost of the canonical form (folds e.g. a Reshape'd MatMul weight), except for a quantized
+    # graph, whose DequantizeLinear weights constant folding would widen back to float
+    quantized = any(n.op_type == "DequantizeLinear" for n in m.graph.node)
+    cost = model_cost(m if quantized else canonicalize(m))
+    return Evaluation(accuracy, agreement, len(ds), cost.macs, cost.params, m.ByteSize(), measure_latency(m, ds.x[:32]))

@@ -1,0 +1,262 @@
+"""The `onnxcompress` command line (DESIGN.md's contract). Thin: parses and validates options,
+calls onnxcompress.api, prints. Errors are one line on stderr with a distinct exit status; a
+traceback only with --debug."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from onnxcompress.errors import CompressError, UsageError
+
+COMMANDS = ("compress", "inspect", "apply", "finetune", "eval", "demo")
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line) instead of printing usage and exiting 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_preprocess(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("preprocessing of uint8 images: x*scale, then (x-mean)/std (default: model metadata, else x/255)")
+    g.add_argument("--scale", type=float, default=None)
+    g.add_argument("--mean", default=None, help="a,b,c")
+    g.add_argument("--std", default=None, help="a,b,c")
+
+
+def _add_compress_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="teacher ONNX model")
+    p.add_argument("--data", required=True, help="training data: .npz (x, y) or an image folder")
+    p.add_argument("--val-data", default=None, help="validation data (default: a split of --data)")
+    p.add_argument("-o", "--output", default=None, help="student ONNX (default: MODEL.compressed.onnx)")
+    p.add_argument("--target", action="append", required=True, help="macs=0.5[,params=0.3][,latency=0.5][,size=0.25]; repeat for several students")
+    p.add_argument("--max-drop", type=float, default=1.0, help="accuracy points the student may lose (default 1.0)")
+    p.add_argument("--classes", default=None, help="keep only these outputs, in this order: 0,3,7")
+    p.add_argument("--agent", default=None, help="search agent (default: chosen from the target)")
+    p.add_argument("--episodes", type=int, default=None)
+    p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--executor", default="local", choices=None)
+    p.add_argument("--ray-address", default=None)
+    p.add_argument("--report", default=None, help="REPORT.json (also writes REPORT.md and REPORT.png)")
+    p.add_argument("--resume", action="store_true", help="resume an interrupted run from its checkpoint")
+    p.add_argument("--save-policy", default=None, help="save the search policy (reinforce agent) for transfer")
+    p.add_argument("--load-policy", default=None, help="warm-start the search policy from a saved one")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_preprocess(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="onnxcompress", description="Compression compiler for trained CNN classifiers delivered as ONNX.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    p = sub.add_parser("compress", help="search, rewrite and fine-tune a smaller student")
+    _add_compress_options(p)
+    _add_common(p)
+
+    p = sub.add_parser("inspect", help="layers, channel groups, removable units, costs")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    _add_common(p)
+
+    p = sub.add_parser("apply", help="replay a plan on a model")
+    p.add_argument("model")
+    p.add_argument("plan")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--data", default=None, help="calibration images for data-driven passes")
+    p.add_argument("--seed", type=int, default=0)
+    _add_preprocess(p)
+    _add_common(p)
+
+    p = sub.add_parser("finetune", help="knowledge-distillation fine-tuning of a student")
+    p.add_argument("model", help="student ONNX")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--val-data", default=None)
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--kd", default="hinton,attention", help="comma-separated: hinton, attention, hint, ce")
+    p.add_argument("--classes", default=None, help="the teacher classes the student's outputs are, in order")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    _add_preprocess(p)
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="accuracy, agreement with a teacher, cost and latency")
+    p.add_argument("model")
+    p.add_argument("--data", required=True)
+    p.add_argument("--teacher", default=None)
+    p.add_argument("--classes", default=None, help="for a class-subset model: the teacher classes it keeps")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    _add_preprocess(p)
+    _add_common(p)
+
+    p = sub.add_parser("demo", help="the whole job on the bundled teacher and data")
+    p.add_argument("-o", "--output-dir", default="onnxcompress-demo")
+    p.add_argument("--quick", action="store_true", help="a shorter search and fine-tune (for tests)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+    return parser
+
+
+def _normalise_argv(argv: list[str]) -> list[str]:
+    """`onnxcompress MODEL.onnx ...` means `onnxcompress compress MODEL.onnx ...`."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is not None and first not in COMMANDS and argv and argv[0] not in ("-h", "--help"):
+        return ["compress", *argv]
+    return argv
+
+
+def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> Path:
+    """-o must not be an input and its folder must exist (checked before any work starts)."""
+    out = Path(output)
+    for inp in inputs:
+        if inp is not None and Path(inp).exists() and out.exists() and out.resolve() == Path(inp).resolve():
+            raise UsageError(f"-o {out} is the input file; refusing to overwrite the input model")
+        if inp is not None and out.resolve() == Path(inp).resolve():
+            raise UsageError(f"-o {out} is the input file; refusing to overwrite the input model")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"output folder '{folder}' does not exist; create it first")
+    if out.is_dir():
+        raise UsageError(f"-o {out} is a directory; give a file name like {out / 'student.onnx'}")
+    return out
+
+
+def _preprocess_from(args, model):
+    from onnxcompress.api import preprocess_for
+    from onnxcompress.compiler.config import parse_float_list
+
+    return preprocess_for(
+        model,
+        scale=args.scale,
+        mean=parse_float_list(args.mean, "--mean") if args.mean else None,
+        std=parse_float_list(args.std, "--std") if args.std else None,
+    )
+
+
+def cmd_inspect(args) -> int:
+    from onnxcompress.compiler.inspection import format_inspection, inspect_model
+    from onnxcompress.compiler.onnx_io import canonicalize, load_model
+
+    original = load_model(args.model)
+    doc, analysis = inspect_model(Path(args.model).name, original, canonicalize(original))
+    print(json.dumps(doc, indent=1) if args.json else format_inspection(doc, analysis))
+    return 0
+
+
+def cmd_apply(args) -> int:
+    from onnxcompress import api
+    from onnxcompress.compiler.onnx_io import load_model, save_model_atomic
+    from onnxcompress.passes import Plan
+
+    out = check_output_path(args.output, [args.model, args.plan])
+    plan = Plan.load(args.plan)
+    original = load_model(args.model)
+    preprocess = _preprocess_from(args, original)
+    student = api.apply(original, plan, data=args.data, preprocess=preprocess, seed=args.seed)
+    save_model_atomic(student, out)
+    from onnxcompress.compiler.cost import model_cost
+
+    before, after = model_cost(api.load(original)), model_cost(student)
+    print(f"wrote {out}: MACs {after.macs:,} ({after.macs / max(before.macs, 1):.3f}x), params {after.params:,} ({after.params / max(before.params, 1):.3f}x), {after.size_bytes:,} bytes")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from onnxcompress import api
+    from onnxcompress.compiler.config import parse_int_list
+    from onnxcompress.compiler.onnx_io import load_model
+
+    model = load_model(args.model)
+    classes = parse_int_list(args.classes, "--classes") if args.classes else None
+    ds = api.read_data(args.data, model, _preprocess_from(args, model), limit=args.limit)
+    result = api.evaluate(model, ds, teacher=args.teacher, classes=classes)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        acc = "n/a (no labels)" if result.accuracy is None else f"{100 * result.accuracy:.2f}%"
+        print(f"{args.model}: top-1 {acc} on {result.samples} samples")
+        if result.agreement is not None:
+            print(f"  agreement with teacher: {100 * result.agreement:.2f}%")
+        print(f"  MACs {result.macs:,}  params {result.params:,}  size {result.size_bytes:,} bytes")
+        print(f"  onnxruntime latency: batch 1 {result.latency_ms.batch1:.3f} ms, batch 32 {result.latency_ms.batch32:.3f} ms")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from onnxcompress.compiler.pipeline import finetune_command
+
+    return finetune_command(args)
+
+
+def cmd_compress(args) -> int:
+    from onnxcompress.compiler.pipeline import compress_command
+
+    return compress_command(args)
+
+
+def cmd_demo(args) -> int:
+    from onnxcompress.compiler.pipeline import demo_command
+
+    return demo_command(args)
+
+
+HANDLERS = {
+    "compress": cmd_compress,
+    "inspect": cmd_inspect,
+    "apply": cmd_apply,
+    "finetune": cmd_finetune,
+    "eval": cmd_eval,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(_normalise_argv(argv))
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return HANDLERS[args.command](args)
+    except CompressError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written (resume with --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        if debug:
+            raise
+        print("error: out of memory; use smaller data (fewer images) or a smaller model", file=sys.stderr)
+        return 8
+    except Exception as exc:  # an internal bug: still one line, with how to see more
+        if debug:
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"internal error: {type(exc).__name__}: {msg} (rerun with --debug for a traceback and report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
