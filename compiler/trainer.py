@@ -1,0 +1,461 @@
+"""KD fine-tuning of an ONNX student against an ONNX teacher, both run in torch by the bridge.
+
+`finetune` is deterministic on CPU for a fixed seed: all randomness (batch order, augmentation)
+comes from one numpy Generator whose state is checkpointed with the weights, the optimizer and the
+early-stopping bookkeeping after every epoch, so an interrupted run resumes and ends with exactly
+the weights of an uninterrupted one. Checkpoints hold only tensors and plain Python values and are
+read with `torch.load(weights_only=True)`: nothing arbitrary is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import pickle
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from onnxcompress.compiler.bridge import OnnxModule
+from onnxcompress.compiler.data import Dataset, InputSpec, iter_batches
+from onnxcompress.compiler.kd import KDConfig, KDLoss, match_features, teacher_targets
+from onnxcompress.errors import DataError, ModelError, UsageError
+
+CHECKPOINT_NAME = "finetune.pt"
+_CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning budget and recipe.
+
+    lr follows a linear warm-up over `warmup_epochs`, then a cosine decay to 0 (per step).
+    Weight decay applies to weights (tensors with 2+ dims), not to biases or BatchNorm affine
+    parameters. `patience` stops after that many epochs without a better validation accuracy
+    (None: never); the best weights (the untouched student included) are returned.
+    Augmentation is a random crop after zero-padding by `crop_padding` pixels (None: 1/8 of the
+    image height, the usual 4 px on 32×32) plus a horizontal flip (`flip=None`: on, except for
+    1-channel data where mirrored digits/letters change meaning).
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0
+    patience: int | None = None
+    seed: int = 0
+    augment: bool = True
+    crop_padding: int | None = None
+    flip: bool | None = None
+    kd: KDConfig = field(default_factory=KDConfig)
+    teacher_classes: tuple[int, ...] | None = None
+    reinsert_bn: bool = True
+    bn_calibration_batches: int = 4
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UsageError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise UsageError(f"batch size must be >= 2 (BatchNorm needs batch statistics), got {self.batch_size}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise UsageError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise UsageError(f"need lr > 0, weight_decay >= 0, 0 <= momentum < 1 (got {self.lr}, {self.weight_decay}, {self.momentum})")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise UsageError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        if self.patience is not None and self.patience < 1:
+            raise UsageError(f"patience must be >= 1 or None, got {self.patience}")
+        if (self.crop_padding is not None and self.crop_padding < 0) or self.bn_calibration_batches < 1 or self.eval_batch_size < 1:
+            raise UsageError("crop_padding must be >= 0, bn_calibration_batches and eval_batch_size >= 1")
+        if self.teacher_classes is not None and (
+            not self.teacher_classes or len(set(self.teacher_classes)) != len(self.teacher_classes)
+        ):
+            raise UsageError(f"teacher_classes must be non-empty and unique, got {self.teacher_classes}")
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_accuracy: float | None
+    lr: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """`best_val_accuracy` is None without validation data; accuracy is top-1 against labels, or
+    agreement with the teacher when the data has none. `wall_s` includes interrupted runs."""
+
+    epochs_run: int
+    wall_s: float
+    best_val_accuracy: float | None
+    best_epoch: int
+    initial_val_accuracy: float | None
+    history: tuple[EpochStats, ...]
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pieces
+# ---------------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Linear warm-up to base_lr, then cosine decay to 0 at total_steps."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
+
+
+def augment_batch(
+    x: np.ndarray, spec: InputSpec, rng: np.random.Generator, padding: int, flip: bool
+) -> np.ndarray:
+    """Random crop of the zero-padded batch (same size as before) and random horizontal flip."""
+    h_axis, w_axis = spec.spatial_axes
+    out = np.array(x, dtype=np.float32, copy=True)
+    n = len(out)
+    if padding > 0:
+        widths = [(0, 0)] * out.ndim
+        widths[h_axis] = widths[w_axis] = (padding, padding)
+        padded = np.pad(out, widths)
+        offsets = rng.integers(0, 2 * padding + 1, size=(n, 2))
+        for i, (dy, dx) in enumerate(offsets):
+            crop = [slice(None)] * (out.ndim - 1)
+            crop[h_axis - 1] = slice(dy, dy + spec.height)
+            crop[w_axis - 1] = slice(dx, dx + spec.width)
+            out[i] = padded[i][tuple(crop)]
+    if flip:
+        mirror = rng.random(n) < 0.5
+        out[mirror] = np.flip(out[mirror], axis=w_axis)
+    return out
+
+
+@torch.no_grad()
+def predict_logits(module: OnnxModule, x: np.ndarray, batch_size: int = 256) -> Tensor:
+    """Logits of `module` (in eval mode) for all of `x`."""
+    was_training = module.training
+    module.eval()
+    try:
+        parts = [module.logits(torch.from_numpy(np.array(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]
+    finally:
+        module.train(was_training)
+    return torch.cat(parts)  # type: ignore[arg-type]
+
+
+def accuracy(student: OnnxModule, data: Dataset, reference: Tensor | None = None, batch_size: int = 256) -> float:
+    """Top-1 accuracy against data.y, or agreement with `reference` labels when data has none."""
+    target = torch.from_numpy(np.array(data.y)) if data.y is not None else reference
+    if target is None:
+        raise DataError("accuracy needs labels or reference predictions")
+    pred = predict_logits(student, data.x, batch_size).argmax(1)
+    return float((pred == target).float().mean())
+
+
+@contextmanager
+def _deterministic(seed: int) -> Iterator[None]:
+    """Deterministic kernels and a seeded torch RNG for the duration of the run; the caller's
+    global torch settings and RNG are restored afterwards."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def _fingerprint(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, val: Dataset | None,
+                 config: FinetuneConfig) -> str:
+    """What a checkpoint must have been made with to be resumed."""
+    h = hashlib.sha256()
+    h.update(student.SerializeToString())
+    h.update(teacher.SerializeToString())
+    h.update(repr(config).encode())
+    for data in (train, val):
+        if data is None:
+            h.update(b"none")
+            continue
+        h.update(repr(data.x.shape).encode())
+        stride = max(1, len(data) // 256)  # a sample of the inputs is enough to tell data sets apart
+        h.update(np.ascontiguousarray(data.x[::stride]).tobytes())
+        if data.y is not None:
+            h.update(np.ascontiguousarray(data.y).tobytes())
+    return h.hexdigest()
+
+
+def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # atomic: an interruption never leaves a torn checkpoint
+
+
+def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        # A torn or foreign file: start over rather than fail the job.
+        warnings.warn(f"ignoring unreadable checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else exc}")
+        return None
+    if payload.get("format") != _CHECKPOINT_FORMAT or payload.get("fingerprint") != fingerprint:
+        warnings.warn(f"ignoring checkpoint {path}: made for other models, data or settings; starting over")
+        return None
+    return payload
+
+
+def _clone_state(module: torch.nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _check_inputs(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, val: Dataset | None) -> InputSpec:
+    spec = InputSpec.from_model(student)
+    t_spec = InputSpec.from_model(teacher)
+    if (spec.layout, spec.sample_shape) != (t_spec.layout, t_spec.sample_shape):
+        raise ModelError(
+            f"student input {spec.layout}{spec.sample_shape} differs from teacher input {t_spec.layout}{t_spec.sample_shape}"
+        )
+    for label, data in (("training", train), ("validation", val)):
+        if data is None:
+            continue
+        if len(data) == 0:
+            raise DataError(f"the {label} data is empty")
+        if tuple(data.x.shape[1:]) != spec.sample_shape:
+            raise DataError(f"{label} samples are {tuple(data.x.shape[1:])} but the model expects {spec.sample_shape}")
+    if len(train) < 2:
+        raise DataError("fine-tuning needs at least 2 training samples")
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """Everything a run mutates; rebuilt identically on resume, then overwritten from the
+    checkpoint."""
+
+    student: OnnxModule
+    teacher: OnnxModule
+    loss: KDLoss
+    optimizer: torch.optim.Optimizer
+    rng: np.random.Generator
+    teacher_cache: Tensor | None
+    val_reference: Tensor | None
+    epoch: int = 0
+    step: int = 0
+    stopped: bool = False
+    best_state: dict[str, Tensor] | None = None
+    best_val: float | None = None
+    best_epoch: int = 0
+    initial_val: float | None = None
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall_before: float = 0.0
+
+    def payload(self, fingerprint: str, wall_s: float) -> dict[str, Any]:
+        return {
+            "format": _CHECKPOINT_FORMAT,
+            "fingerprint": fingerprint,
+            "epoch": self.epoch,
+            "step": self.step,
+            "stopped": self.stopped,
+            "student": self.student.state_dict(),
+            "kd": self.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "np_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "best_state": self.best_state,
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "initial_val": self.initial_val,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "wall_s": wall_s,
+        }
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        self.student.load_state_dict(payload["student"])
+        self.loss.load_state_dict(payload["kd"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.rng.bit_generator.state = payload["np_rng"]
+        torch.set_rng_state(payload["torch_rng"])
+        self.epoch, self.step, self.stopped = payload["epoch"], payload["step"], payload["stopped"]
+        self.best_state, self.best_val = payload["best_state"], payload["best_val"]
+        self.best_epoch, self.initial_val = payload["best_epoch"], payload["initial_val"]
+        self.bad_epochs, self.history = payload["bad_epochs"], list(payload["history"])
+        self.wall_before = payload["wall_s"]
+
+
+def _build(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, val: Dataset | None,
+           config: FinetuneConfig) -> _Run:
+    student_m = OnnxModule(student)
+    if config.reinsert_bn:
+        # Calibration batches come from their own seeded stream, so the training stream is the
+        # same with or without re-insertion.
+        order = np.random.default_rng([config.seed, 1]).permutation(len(train))
+        take = order[: config.bn_calibration_batches * config.batch_size]
+        student_m.reinsert_folded_bn(x for x, _ in iter_batches(train.take(take), config.batch_size))
+    teacher_m = OnnxModule(teacher).eval()
+    teacher_m.requires_grad_(False)
+
+    n_teacher = int(predict_logits(teacher_m, train.x[:1]).shape[1])
+    n_student = int(predict_logits(student_m, train.x[:1]).shape[1])
+    classes = config.teacher_classes
+    if classes is not None and (min(classes) < 0 or max(classes) >= n_teacher):
+        raise DataError(f"teacher_classes {list(classes)} are out of range for a teacher with {n_teacher} outputs")
+    for label, data in (("training", train), ("validation", val)):
+        if data is not None and data.y is not None and int(data.y.max()) >= n_student:
+            raise DataError(f"{label} label {int(data.y.max())} is out of range for a student with {n_student} outputs")
+
+    pairs = match_features(student_m, teacher_m, train.x[:1]) if config.kd.uses_features else ()
+    loss = KDLoss(config.kd, pairs, classes, seed=config.seed)
+    decay, no_decay = [], []
+    for p in list(student_m.parameters()) + list(loss.parameters()):
+        (decay if p.dim() > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=config.lr)
+
+    # Without augmentation (and feature terms) the teacher sees the same inputs every epoch:
+    # its logits are computed once.
+    cache = None
+    if not config.augment and not config.kd.uses_features:
+        cache = predict_logits(teacher_m, train.x, config.eval_batch_size)
+    reference = None
+    if val is not None and val.y is None:
+        reference = teacher_targets(predict_logits(teacher_m, val.x, config.eval_batch_size), classes).argmax(1)
+    return _Run(student_m, teacher_m, loss, optimizer, np.random.default_rng(config.seed), cache, reference)
+
+
+def _train_epoch(run: _Run, train: Dataset, spec: InputSpec, config: FinetuneConfig, steps_per_epoch: int,
+                 progress: bool) -> tuple[float, float, float]:
+    """One pass over the shuffled training data; returns (mean loss, accuracy, last lr)."""
+    run.student.train()
+    flip = config.flip if config.flip is not None else spec.channels != 1
+    padding = config.crop_padding if config.crop_padding is not None else max(1, round(spec.height / 8))
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    order = run.rng.permutation(len(train))[: steps_per_epoch * config.batch_size]
+    loss_sum, correct, seen, lr = 0.0, 0, 0, config.lr
+    bar = tqdm(total=steps_per_epoch, desc=f"epoch {run.epoch + 1}/{config.epochs}", disable=not progress,
+               leave=True, dynamic_ncols=True)
+    for start in range(0, len(order), config.batch_size):
+        idx = order[start : start + config.batch_size]
+        x = train.x[idx]
+        if config.augment:
+            x = augment_batch(x, spec, run.rng, padding, flip)
+        xt = torch.from_numpy(np.ascontiguousarray(x))
+        labels = torch.from_numpy(train.y[idx]) if train.y is not None else None
+        t_feats: dict[str, Tensor] | None = None
+        with torch.no_grad():
+            if run.teacher_cache is not None:
+                t_logits = run.teacher_cache[torch.from_numpy(idx)]
+            elif run.loss.pairs:
+                t_logits, t_feats = run.teacher.logits(xt, taps=run.loss.teacher_taps)  # type: ignore[misc]
+            else:
+                t_logits = run.teacher.logits(xt)  # type: ignore[assignment]
+        s_feats: dict[str, Tensor] | None = None
+        if run.loss.pairs:
+            s_logits, s_feats = run.student.logits(xt, taps=run.loss.student_taps)  # type: ignore[misc]
+        else:
+            s_logits = run.student.logits(xt)  # type: ignore[assignment]
+        loss, _ = run.loss(s_logits, t_logits, labels, s_feats, t_feats)
+        if not torch.isfinite(loss):
+            raise UsageError(f"the loss became {float(loss)} in epoch {run.epoch + 1}; lower the learning rate")
+        lr = lr_at(run.step, total_steps, warmup_steps, config.lr)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.step += 1
+
+        target = labels if labels is not None else teacher_targets(t_logits, run.loss.teacher_classes).argmax(1)
+        correct += int((s_logits.detach().argmax(1) == target).sum())
+        seen += len(idx)
+        loss_sum += float(loss.detach()) * len(idx)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+    bar.close()
+    return loss_sum / seen, correct / seen, lr
+
+
+def finetune(
+    student: onnx.ModelProto,
+    teacher: onnx.ModelProto,
+    train: Dataset,
+    val: Dataset | None,
+    config: FinetuneConfig,
+    checkpoint_dir: Path | None = None,
+    progress: bool = True,
+) -> tuple[onnx.ModelProto, FinetuneResult]:
+    """Fine-tunes `student` with KD from `teacher` and returns (student with trained weights
+    written back, result). The inputs are not modified. With `checkpoint_dir`, a checkpoint is
+    written after every epoch and a matching one is resumed from."""
+    t0 = time.perf_counter()
+    spec = _check_inputs(student, teacher, train, val)
+    # A last batch of one sample would break BatchNorm's batch statistics: drop it.
+    steps_per_epoch = len(train) // config.batch_size + (1 if len(train) % config.batch_size > 1 else 0)
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    fingerprint = _fingerprint(student, teacher, train, val, config) if ckpt_path is not None else ""
+    with _deterministic(config.seed):
+        run = _build(student, teacher, train, val, config)
+        payload = _load_checkpoint(ckpt_path, fingerprint) if ckpt_path is not None else None
+        if payload is not None:
+            run.restore(payload)
+        elif val is not None:
+            run.initial_val = accuracy(run.student, val, run.val_reference, config.eval_batch_size)
+            run.best_val, run.best_state = run.initial_val, _clone_state(run.student)
+        if ckpt_path is not None:
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        while run.epoch < config.epochs and not run.stopped:
+            e0 = time.perf_counter()
+            loss, acc, lr = _train_epoch(run, train, spec, config, steps_per_epoch, progress)
+            run.epoch += 1
+            val_acc = accuracy(run.student, val, run.val_reference, config.eval_batch_size) if val is not None else None
+            if val_acc is not None and (run.best_val is None or val_acc > run.best_val):
+                run.best_val, run.best_state, run.best_epoch, run.bad_epochs = val_acc, _clone_state(run.student), run.epoch, 0
+            elif val_acc is not None:
+                run.bad_epochs += 1
+                run.stopped = config.patience is not None and run.bad_epochs >= config.patience
+            run.history.append(asdict(EpochStats(run.epoch, loss, acc, val_acc, lr, time.perf_counter() - e0)))
+            if ckpt_path is not None:
+                _save_checkpoint(ckpt_path, run.payload(fingerprint, run.wall_before + time.perf_counter() - t0))
+        if run.best_state is not None:
+            run.student.load_state_dict(run.best_state)
+        if val is None:
+            run.best_epoch = run.epoch
+        trained = run.student.write_back(student)
+    result = FinetuneResult(
+        epochs_run=run.epoch,
+        wall_s=run.wall_before + time.perf_counter() - t0,
+        best_val_accuracy=run.best_val,
+        best_epoch=run.best_epoch,
+        initial_val_accuracy=run.initial_val,
+        history=tuple(EpochStats(**h) for h in run.history),
+    )
+    return trained, result
