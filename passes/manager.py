@@ -15,10 +15,10 @@ from onnxcompress.passes.plan import Plan
 from onnxcompress.passes.registry import PassContext, get_pass
 
 
-def anchors_of(analysis: Analysis) -> dict[str, str]:
+def anchors_of(analysis: Analysis) -> dict[str, tuple[str, ...]]:
     """ids of groups and removable units -> a node that identifies them across rewrites."""
-    out = {g.id: g.producers[0] for g in analysis.groups}
-    out.update({u.id: u.anchor for u in analysis.removable})
+    out: dict[str, tuple[str, ...]] = {g.id: g.producers for g in analysis.groups}
+    out.update({u.id: (u.anchor,) for u in analysis.removable})
     return out
 
 
@@ -85,12 +85,12 @@ def resolve(ctx: PassContext, analysis: Analysis, ident: str, kind: str):
         if anchor is None:
             raise PlanError(f"unknown group id '{ident}' (see `onnxcompress inspect` for the groups)")
         for g in analysis.groups:
-            if anchor in g.producers:
+            if set(anchor) & set(g.producers):
                 return g
         raise PlanError(f"group '{ident}' no longer exists after the earlier passes of the plan")
     if anchor is None:
         raise PlanError(f"unknown removable block id '{ident}' (see `onnxcompress inspect` for removable units)")
     for u in analysis.removable:
-        if u.anchor == anchor:
+        if u.anchor in anchor:
             return u
     raise PlanError(f"block '{ident}' no longer exists (removed or changed by an earlier pass of the plan)")

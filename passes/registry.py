@@ -27,13 +27,13 @@ class PassContext:
     """What a pass may read besides its graph and params. Passes never read global state.
 
     calibration: preprocessed model inputs (a few hundred images) for data-driven passes.
-    anchors: ids ("g3", "b2") -> a node name, as analysed on the plan's *input* model, so that ids
+    anchors: ids ("g3", "b2") -> the node names that identify them (a group's producers), as analysed on the plan's *input* model, so that ids
         in a plan keep meaning the same layers after earlier passes changed the graph.
     """
 
     calibration: np.ndarray | None = None
     seed: int = 0
-    anchors: Mapping[str, str] = field(default_factory=dict)
+    anchors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 PassFn = Callable[[gs.Graph, Any, PassContext], gs.Graph]

@@ -1,0 +1,205 @@
+"""The report of a compression run: JSON (the contract of DESIGN.md), Markdown and a Pareto plot.
+
+    {"teacher": M, "student": M, "plan": PLAN, "search": {"agent","episodes","evaluations","wall_s"},
+     "finetune": {"epochs","wall_s"}, "pareto": [M + {"plan": PLAN}], "target": {...}, "seed": int}
+    M = {"macs","params","size_bytes","accuracy","latency_ms": {"batch1","batch32"}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onnxcompress.compiler.runtime import Latency
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    macs: int
+    params: int
+    size_bytes: int
+    accuracy: float | None
+    latency_ms: Latency | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "macs": int(self.macs),
+            "params": int(self.params),
+            "size_bytes": int(self.size_bytes),
+            "accuracy": None if self.accuracy is None else round(float(self.accuracy), 6),
+            "latency_ms": self.latency_ms.to_json() if self.latency_ms is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class StudentReport:
+    target: dict[str, float]
+    plan: dict[str, Any]
+    metrics: ModelMetrics
+    search_accuracy: float | None  # before fine-tuning, as the search saw it
+    feasible: bool
+    note: str
+    output: str | None
+    channels: dict[str, tuple[int, int]] = field(default_factory=dict)  # layer -> (teacher out, student out)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    model: str
+    teacher: ModelMetrics
+    students: tuple[StudentReport, ...]
+    agent: str
+    episodes: int
+    evaluations: int
+    search_wall_s: float
+    finetune_epochs: int
+    finetune_wall_s: float
+    pareto: tuple[tuple[ModelMetrics, dict[str, Any]], ...]
+    candidates: tuple[ModelMetrics, ...]
+    seed: int
+    classes: tuple[int, ...] | None = None
+    max_drop: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        main = self.students[0]
+        return {
+            "model": self.model,
+            "teacher": self.teacher.to_json(),
+            "student": main.metrics.to_json(),
+            "plan": main.plan,
+            "search": {"agent": self.agent, "episodes": self.episodes, "evaluations": self.evaluations, "wall_s": round(self.search_wall_s, 2)},
+            "finetune": {"epochs": self.finetune_epochs, "wall_s": round(self.finetune_wall_s, 2)},
+            "pareto": [dict(m.to_json(), plan=p) for m, p in self.pareto],
+            "target": main.target,
+            "seed": self.seed,
+            "max_drop": self.max_drop,
+            "classes": list(self.classes) if self.classes is not None else None,
+            "students": [
+                {
+                    "target": s.target,
+                    "plan": s.plan,
+                    "metrics": s.metrics.to_json(),
+                    "search_accuracy": s.search_accuracy,
+                    "feasible": s.feasible,
+                    "note": s.note,
+                    "output": s.output,
+                }
+                for s in self.students
+            ],
+        }
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.3f}x" if b else "n/a"
+
+
+def summary_table(report: RunReport) -> str:
+    """The teacher-vs-students table (Markdown, also printed at the end of a run)."""
+    t = report.teacher
+    rows = ["| model | top-1 | MACs | params | size (bytes) | latency b1 (ms) | latency b32 (ms) | speed-up b32 |", "|---|---|---|---|---|---|---|---|"]
+
+    def row(name: str, m: ModelMetrics) -> str:
+        lat = m.latency_ms
+        b1 = f"{lat.batch1:.3f}" if lat else "n/a"
+        b32 = f"{lat.batch32:.3f}" if lat else "n/a"
+        speed = f"{t.latency_ms.batch32 / lat.batch32:.2f}x" if lat and t.latency_ms else "n/a"
+        return (
+            f"| {name} | {_pct(m.accuracy)} | {m.macs:,} ({_ratio(m.macs, t.macs)}) | {m.params:,} ({_ratio(m.params, t.params)}) | "
+            f"{m.size_bytes:,} ({_ratio(m.size_bytes, t.size_bytes)}) | {b1} | {b32} | {speed} |"
+        )
+
+    rows.append(row("teacher", t))
+    for s in report.students:
+        label = ",".join(f"{k}={v:g}" for k, v in s.target.items())
+        rows.append(row(f"student ({label})" + ("" if s.feasible else " ⚠"), s.metrics))
+    return "\n".join(rows)
+
+
+def to_markdown(report: RunReport, png_name: str | None) -> str:
+    lines = [f"# onnxcompress report: {report.model}", ""]
+    if report.classes is not None:
+        lines += [f"Specialised for classes {list(report.classes)} (accuracy on those classes only).", ""]
+    lines += [summary_table(report), ""]
+    for s in report.students:
+        lines.append(f"- target {s.target}: {s.note}")
+    lines += [
+        "",
+        f"Search: agent `{report.agent}`, {report.episodes} episodes, {report.evaluations} evaluations, {report.search_wall_s:.1f} s. "
+        f"Fine-tuning: {report.finetune_epochs} epochs, {report.finetune_wall_s:.1f} s. Seed {report.seed}. Accuracy budget: {report.max_drop} points.",
+        "",
+    ]
+    for s in report.students:
+        lines += [f"## Student for {s.target}", "", "Plan:", "", "```json", json.dumps(s.plan, indent=1), "```", ""]
+        if s.channels:
+            lines += ["| layer | channels (teacher) | channels (student) |", "|---|---|---|"]
+            lines += [f"| `{name}` | {a} | {b if b else 'removed'} |" for name, (a, b) in s.channels.items()]
+            lines.append("")
+    if png_name:
+        lines += [f"![Pareto front]({png_name})", ""]
+    return "\n".join(lines)
+
+
+def plot_pareto(report: RunReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    t = report.teacher
+    cand = [c for c in report.candidates if c.accuracy is not None]
+    if cand:
+        ax.scatter([c.macs / t.macs for c in cand], [100 * c.accuracy for c in cand], s=10, alpha=0.35, color="tab:gray", label="candidates (no fine-tune)")
+    front = sorted((m for m, _ in report.pareto if m.accuracy is not None), key=lambda m: m.macs)
+    if front:
+        ax.plot([m.macs / t.macs for m in front], [100 * m.accuracy for m in front], "-o", color="tab:blue", ms=4, label="Pareto front")
+    if t.accuracy is not None:
+        ax.scatter([1.0], [100 * t.accuracy], marker="*", s=180, color="tab:orange", label="teacher", zorder=5)
+    for s in report.students:
+        if s.metrics.accuracy is not None:
+            ax.scatter([s.metrics.macs / t.macs], [100 * s.metrics.accuracy], marker="D", s=60, color="tab:red", zorder=6, label=f"student {s.target}")
+    ax.set_xlabel("MACs (fraction of teacher)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{report.model}: accuracy vs MACs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_report(report: RunReport, json_path: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """Writes REPORT.json, REPORT.md and REPORT.png side by side (each atomically)."""
+    jp = Path(json_path)
+    md, png = jp.with_suffix(".md"), jp.with_suffix(".png")
+    plot_pareto(report, png)
+    _atomic_write(md, to_markdown(report, png.name).encode())
+    _atomic_write(jp, (json.dumps(report.to_json(), indent=1) + "\n").encode())
+    return jp, md, png
