@@ -1,0 +1,212 @@
+"""finetune(): learning on a tiny synthetic task, determinism, resume from a checkpoint, early
+stopping, class-subset students and input validation."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+import onnxcompress.compiler.trainer as trainer_module
+from onnxcompress.compiler.bridge import OnnxModule
+from onnxcompress.compiler.data import Dataset, InputSpec
+from onnxcompress.compiler.kd import KDConfig
+from onnxcompress.compiler.trainer import (
+    CHECKPOINT_NAME,
+    FinetuneConfig,
+    accuracy,
+    augment_batch,
+    finetune,
+    lr_at,
+)
+from onnxcompress.errors import DataError, ModelError, UsageError
+from tests.compiler.test_bridge import tiny_cnn
+
+
+def textures(n: int, seed: int, classes: int = 4, size: int = 8) -> Dataset:
+    """Noisy horizontal stripes / vertical stripes / checkerboard / flat: a local-texture task
+    that a Conv-GAP network learns in a few epochs."""
+    rng = np.random.default_rng(seed)
+    r, c = np.mgrid[:size, :size]
+    patterns = np.stack([r % 2, c % 2, (r + c) % 2, np.zeros_like(r)])[:classes].astype(np.float32)
+    y = rng.integers(0, classes, n)
+    x = patterns[y][:, None] + rng.normal(0, 0.5, (n, 1, size, size)).astype(np.float32)
+    return Dataset(x.astype(np.float32), y.astype(np.int64))
+
+
+TRAIN, VAL = textures(384, 0), textures(192, 1)
+FAST = FinetuneConfig(epochs=3, batch_size=32, lr=0.05, augment=False)
+
+
+def weights(model: onnx.ModelProto) -> dict[str, bytes]:
+    return {t.name: numpy_helper.to_array(t).tobytes() for t in model.graph.initializer}
+
+
+@pytest.fixture(scope="module")
+def teacher() -> onnx.ModelProto:
+    """A tiny CNN trained on the labels (no KD term: plain cross-entropy)."""
+    model, result = finetune(tiny_cnn(seed=1), tiny_cnn(seed=1), TRAIN, VAL,
+                             dataclasses.replace(FAST, kd=KDConfig(kinds=())), progress=False)
+    assert result.best_val_accuracy is not None and result.best_val_accuracy > 0.9
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"epochs": 0}, {"batch_size": 1}, {"optimizer": "rmsprop"}, {"lr": 0.0}, {"warmup_epochs": 5, "epochs": 2},
+     {"patience": 0}, {"crop_padding": -1}, {"teacher_classes": ()}, {"teacher_classes": (1, 1)}],
+)
+def test_config_validation(kwargs: dict) -> None:
+    with pytest.raises(UsageError):
+        FinetuneConfig(**kwargs)
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    lrs = [lr_at(s, 100, 10, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
+    assert lrs[10] == pytest.approx(0.1) and lrs[55] == pytest.approx(0.05, rel=1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 1e-3
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_augment_batch_crops_and_flips_in_layout(layout: str) -> None:
+    spec = InputSpec("x", layout, channels=3, height=6, width=7)  # type: ignore[arg-type]
+    x = np.random.default_rng(0).random((16,) + spec.sample_shape).astype(np.float32)
+    w_axis = spec.spatial_axes[1]
+    same = augment_batch(x, spec, np.random.default_rng(1), padding=0, flip=False)
+    np.testing.assert_array_equal(same, x)
+    flipped = augment_batch(x, spec, np.random.default_rng(1), padding=0, flip=True)
+    mirrored = [np.array_equal(f, np.flip(o, axis=w_axis - 1)) for f, o in zip(flipped, x)]
+    kept = [np.array_equal(f, o) for f, o in zip(flipped, x)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored) and any(kept)
+    cropped = augment_batch(x, spec, np.random.default_rng(2), padding=2, flip=False)
+    assert cropped.shape == x.shape and not np.array_equal(cropped, x)
+    # every crop is a shifted copy: its non-zero values all come from the original sample
+    assert all(np.isin(c[c != 0], o).all() for c, o in zip(cropped, x))
+    again = augment_batch(x, spec, np.random.default_rng(2), padding=2, flip=False)
+    np.testing.assert_array_equal(cropped, again)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning
+# ---------------------------------------------------------------------------------------------
+
+
+def test_kd_without_labels_improves_accuracy(teacher: onnx.ModelProto) -> None:
+    student = tiny_cnn(width=4, seed=2)
+    unlabelled = Dataset(TRAIN.x)
+    config = dataclasses.replace(FAST, epochs=4, kd=KDConfig(kinds=("hinton",), temperature=2.0))
+    before = onnx.ModelProto()
+    before.CopyFrom(student)
+    trained, result = finetune(student, teacher, unlabelled, VAL, config, progress=False)
+    assert student.SerializeToString() == before.SerializeToString()  # inputs are never modified
+    assert result.initial_val_accuracy is not None and result.best_val_accuracy is not None
+    assert result.best_val_accuracy >= result.initial_val_accuracy + 0.2
+    assert result.epochs_run == 4 and len(result.history) == 4
+    assert accuracy(OnnxModule(trained), VAL) == pytest.approx(result.best_val_accuracy)
+
+
+def test_two_runs_are_identical(teacher: onnx.ModelProto) -> None:
+    config = dataclasses.replace(FAST, epochs=2, augment=True, crop_padding=1,
+                                 kd=KDConfig(kinds=("hinton", "attention", "hints")))
+    a, ra = finetune(tiny_cnn(width=4, seed=2), teacher, TRAIN, None, config, progress=False)
+    b, rb = finetune(tiny_cnn(width=4, seed=2), teacher, TRAIN, None, config, progress=False)
+    assert weights(a) == weights(b)
+    assert weights(a) != weights(tiny_cnn(width=4, seed=2))
+    assert [h.train_loss for h in ra.history] == [h.train_loss for h in rb.history]
+    assert ra.best_val_accuracy is None and ra.best_epoch == 2
+
+
+def test_resume_after_interruption_gives_same_weights(teacher: onnx.ModelProto, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    config = dataclasses.replace(FAST, epochs=3, augment=True, crop_padding=1, optimizer="adamw", lr=0.01,
+                                 warmup_epochs=1)
+    student = tiny_cnn(width=4, seed=2)
+    full, full_result = finetune(student, teacher, TRAIN, VAL, config, progress=False)
+
+    save = trainer_module._save_checkpoint
+
+    def save_then_crash(path: Path, payload: dict) -> None:
+        save(path, payload)
+        if payload["epoch"] == 1:
+            raise KeyboardInterrupt  # the job is killed right after epoch 1's checkpoint
+
+    monkeypatch.setattr(trainer_module, "_save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(student, teacher, TRAIN, VAL, config, checkpoint_dir=tmp_path, progress=False)
+    monkeypatch.setattr(trainer_module, "_save_checkpoint", save)
+    payload = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert payload["epoch"] == 1
+
+    resumed, result = finetune(student, teacher, TRAIN, VAL, config, checkpoint_dir=tmp_path, progress=False)
+    assert weights(resumed) == weights(full)
+    assert result.epochs_run == 3 and result.best_val_accuracy == full_result.best_val_accuracy
+    strip = lambda r: [dataclasses.replace(h, seconds=0.0) for h in r.history]  # noqa: E731
+    assert strip(result) == strip(full_result)
+
+
+def test_checkpoint_for_other_settings_is_ignored(teacher: onnx.ModelProto, tmp_path: Path) -> None:
+    student = tiny_cnn(width=4, seed=2)
+    finetune(student, teacher, TRAIN, None, dataclasses.replace(FAST, epochs=1), checkpoint_dir=tmp_path, progress=False)
+    other = dataclasses.replace(FAST, epochs=1, lr=0.02)
+    with pytest.warns(UserWarning, match="starting over"):
+        got, _ = finetune(student, teacher, TRAIN, None, other, checkpoint_dir=tmp_path, progress=False)
+    fresh, _ = finetune(student, teacher, TRAIN, None, other, progress=False)
+    assert weights(got) == weights(fresh)
+
+
+def test_early_stopping_keeps_best_weights(teacher: onnx.ModelProto) -> None:
+    student = tiny_cnn(width=4, seed=2)
+    # A learning rate this small cannot change val accuracy (and without re-inserted BatchNorm no
+    # running statistics move): no epoch beats the untouched student.
+    config = dataclasses.replace(FAST, epochs=5, lr=1e-9, patience=2, reinsert_bn=False)
+    trained, result = finetune(student, teacher, TRAIN, VAL, config, progress=False)
+    assert result.epochs_run == 2 and result.best_epoch == 0
+    for a, b in zip(student.graph.initializer, trained.graph.initializer):
+        np.testing.assert_allclose(numpy_helper.to_array(b), numpy_helper.to_array(a), rtol=1e-5, atol=1e-6)
+
+
+def test_class_subset_student(teacher: onnx.ModelProto) -> None:
+    # Student with 2 outputs learns the teacher's classes 2 and 0 (labels already remapped).
+    keep = np.isin(TRAIN.y, [2, 0])  # type: ignore[arg-type]
+    remap = np.where(TRAIN.y[keep] == 2, 0, 1)  # type: ignore[index]
+    train = Dataset(TRAIN.x[keep], remap.astype(np.int64))
+    config = dataclasses.replace(FAST, teacher_classes=(2, 0))
+    trained, result = finetune(tiny_cnn(classes=2, width=4, seed=2), teacher, Dataset(train.x), None, config,
+                               progress=False)
+    module = OnnxModule(trained)
+    assert accuracy(module, train) > 0.9
+    with pytest.raises(ModelError, match="teacher_classes"):
+        finetune(tiny_cnn(classes=2, width=4, seed=2), teacher, train, None, FAST, progress=False)
+
+
+def test_nhwc_model_with_augmentation() -> None:
+    model = tiny_cnn(channels=3, nhwc=True, softmax=True)
+    x = np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype(np.float32)
+    data = Dataset(x, np.random.default_rng(1).integers(0, 4, 64))
+    config = FinetuneConfig(epochs=1, batch_size=16, augment=True)
+    trained, result = finetune(model, model, data, data, config, progress=False)
+    assert result.epochs_run == 1 and len(trained.graph.node) == len(model.graph.node)
+
+
+def test_input_validation(teacher: onnx.ModelProto) -> None:
+    bad_labels = Dataset(TRAIN.x, np.full(len(TRAIN), 7, np.int64))
+    with pytest.raises(DataError, match="label 7 is out of range"):
+        finetune(tiny_cnn(), teacher, bad_labels, None, FAST, progress=False)
+    with pytest.raises(DataError, match="model expects"):
+        finetune(tiny_cnn(), teacher, Dataset(np.zeros((8, 1, 6, 6), np.float32)), None, FAST, progress=False)
+    with pytest.raises(ModelError, match="differs from teacher"):
+        finetune(tiny_cnn(size=6), teacher, TRAIN, None, FAST, progress=False)
+    with pytest.raises(DataError, match="out of range"):
+        finetune(tiny_cnn(classes=2), teacher, Dataset(TRAIN.x), None,
+                 dataclasses.replace(FAST, teacher_classes=(0, 9)), progress=False)
