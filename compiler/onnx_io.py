@@ -380,9 +380,33 @@ def export_graph(graph: gs.Graph, template: onnx.ModelProto | None = None, infer
     return _infer(model) if infer else model
 
 
+def validate_classifier(model: onnx.ModelProto) -> None:
+    """What onnxcompress handles: one image input with a fixed spatial size, one output, at
+    least one Conv/Gemm/MatMul layer, finite weights. One clear ModelError otherwise."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ModelError(f"the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); onnxcompress handles single-input classifiers")
+    if len(model.graph.output) != 1:
+        raise ModelError(f"the model has {len(model.graph.output)} outputs; onnxcompress handles single-output classifiers")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise ModelError(f"input '{inputs[0].name}' has rank {len(dims)}; onnxcompress handles image classifiers with a 4-D input")
+    if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims[1:]):
+        raise ModelError(f"input '{inputs[0].name}' has a dynamic size {[d.dim_value or d.dim_param or '?' for d in dims]}; export the model with a fixed height, width and channel count")
+    if not any(n.op_type in ("Conv", "Gemm", "MatMul") for n in model.graph.node):
+        raise ModelError("the model has no Conv, Gemm or MatMul layer: nothing to compress")
+    for init in model.graph.initializer:
+        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+            values = numpy_helper.to_array(init)
+            if not np.isfinite(values).all():
+                raise ModelError(f"weight '{init.name}' contains NaN or Inf values; the model is damaged")
+
+
 def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """The canonical form described in this module's docstring. Lossless: outputs are unchanged up
     to float rounding (checked by tests against onnxruntime on real data)."""
+    validate_classifier(model)
     model = onnx.ModelProto.FromString(model.SerializeToString())  # never touch the caller's copy
     template = onnx.ModelProto.FromString(model.SerializeToString())
     model = _widen_fp16(model)

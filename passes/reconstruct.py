@@ -15,8 +15,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import torch
-import torch.nn.functional as F
 
 from onnxcompress.compiler.ir import Analysis
 from onnxcompress.compiler.onnx_io import export_graph
@@ -34,6 +32,9 @@ def _conv_rows(x: np.ndarray, node: gs.Node, w_shape: tuple) -> np.ndarray | Non
     pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
     strides = list(node.attrs.get("strides", [1, 1]))
     dil = list(node.attrs.get("dilations", [1, 1]))
+    import torch  # lazy: keeps `onnxcompress inspect` and friends quick to start
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     t = F.pad(t, (pads[1], pads[3], pads[0], pads[2]))
     cols = F.unfold(t, (kh, kw), dilation=dil, stride=strides)  # (N, C*kh*kw, L)

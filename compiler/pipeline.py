@@ -1,0 +1,491 @@
+"""The end-to-end pipeline: teacher -> search -> plan replay -> KD fine-tuning -> (quantization)
+-> export + report. `compress()` is the Python API behind `onnxcompress compress`; the CLI
+commands at the bottom are thin wrappers around it.
+
+Data flow (DESIGN.md): the teacher is canonicalised once; with --classes its head is cut first
+(subset_classes), so the whole search optimises the specialised task; the search evaluates plans
+without training; only the chosen students are fine-tuned, with KD from the full teacher (its
+logits at the kept classes).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import onnx
+
+from onnxcompress.compiler.config import CompressConfig, Target, parse_float_list, parse_int_list
+from onnxcompress.compiler.cost import model_cost
+from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, load_data
+from onnxcompress.compiler.ir import analyze
+from onnxcompress.compiler.kd import KDConfig
+from onnxcompress.compiler.onnx_io import canonicalize, import_graph, load_model, save_model_atomic
+from onnxcompress.compiler.report import ModelMetrics, RunReport, StudentReport, summary_table, write_report
+from onnxcompress.compiler.runtime import make_session, measure_latency, run_batched
+from onnxcompress.compiler.trainer import FinetuneConfig, finetune
+from onnxcompress.errors import DataError, ModelError, UsageError
+from onnxcompress.passes import Plan, apply_plan
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobData:
+    train: Dataset
+    val: Dataset
+    calibration: np.ndarray
+
+
+def _num_classes(model: onnx.ModelProto) -> int | None:
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    return int(dims[1].dim_value) if len(dims) >= 2 and dims[1].HasField("dim_value") else None
+
+
+def prepare_data(
+    teacher: onnx.ModelProto,
+    data: str | Path,
+    val_data: str | Path | None,
+    preprocess: Preprocess,
+    classes: Sequence[int] | None,
+    val_size: int,
+    calib_size: int,
+    seed: int,
+) -> JobData:
+    """Training data, a fixed validation subset (from --val-data, else held out of --data) and
+    calibration inputs (from the training data), all filtered to `classes` when given."""
+    spec = InputSpec.from_model(teacher)
+    n_classes = _num_classes(teacher)
+    train = load_data(data, spec, preprocess, classes=classes, num_classes=n_classes)
+    if len(train) < 2:
+        raise DataError(f"the training data has {len(train)} usable samples; need at least 2")
+    rng = np.random.default_rng(seed)
+    if val_data is not None:
+        val = load_data(val_data, spec, preprocess, classes=classes, num_classes=n_classes)
+        if len(val) > val_size:
+            val = val.take(np.sort(rng.permutation(len(val))[:val_size]))
+    else:
+        n_val = min(val_size, max(1, len(train) // 5))
+        perm = rng.permutation(len(train))
+        val, train = train.take(np.sort(perm[:n_val])), train.take(np.sort(perm[n_val:]))
+    calib = train.x[np.sort(rng.permutation(len(train))[: min(calib_size, len(train))])]
+    return JobData(train, val, calib)
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics
+# ----------------------------------------------------------------------------------------------
+
+
+def top1(model: onnx.ModelProto, data: Dataset, reference: np.ndarray | None = None) -> float | None:
+    """Top-1 against labels, or agreement with `reference` predictions when there are none."""
+    scores = run_batched(make_session(model), data.x)
+    pred = scores.reshape(len(scores), -1).argmax(1)
+    if data.y is not None:
+        return float((pred == data.y).mean())
+    if reference is not None:
+        return float((pred == reference).mean())
+    return None
+
+
+def measure(model: onnx.ModelProto, data: Dataset, reference: np.ndarray | None = None) -> ModelMetrics:
+    cost = model_cost(model)
+    return ModelMetrics(cost.macs, cost.params, model.ByteSize(), top1(model, data, reference), measure_latency(model, data.x[:32]))
+
+
+def _layer_channels(teacher: onnx.ModelProto, student: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+    t = {l.name: l.out_channels for l in analyze(import_graph(teacher)).layers}
+    s = {l.name: l.out_channels for l in analyze(import_graph(student)).layers} if not any(
+        n.op_type == "DequantizeLinear" for n in student.graph.node
+    ) else {}
+    if not s:
+        return {}
+    return {name: (c, s.get(name, 0)) for name, c in t.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# interruption: SIGTERM behaves like Ctrl-C so that no partial output is ever written
+# ----------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    def _raise(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+# ----------------------------------------------------------------------------------------------
+# the job
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Student:
+    target: Target
+    plan: Plan
+    model: onnx.ModelProto
+    metrics: ModelMetrics
+    search_accuracy: float | None
+    feasible: bool
+    note: str
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    teacher: ModelMetrics
+    students: tuple[Student, ...]
+    report: RunReport
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        return self.students[0].model
+
+    def save(self, path: str | Path) -> Path:
+        return save_model_atomic(self.model, path)
+
+
+def _default_agent(target: Target) -> str:
+    structural = any(v is not None for v in (target.macs, target.params, target.latency))
+    return "reinforce" if structural else "haq"
+
+
+def _finetune_config(epochs: int, seed: int, classes: tuple[int, ...] | None, one_channel: bool) -> FinetuneConfig:
+    return FinetuneConfig(
+        epochs=epochs,
+        batch_size=128,
+        optimizer="sgd",
+        lr=0.01,
+        warmup_epochs=min(0.3, epochs),
+        seed=seed,
+        kd=KDConfig(kinds=("hinton", "attention")),
+        teacher_classes=classes,
+    )
+
+
+def compress(
+    model: str | Path | onnx.ModelProto,
+    data: str | Path,
+    target: str | Target | Sequence[str | Target],
+    val_data: str | Path | None = None,
+    max_drop: float = 1.0,
+    classes: Sequence[int] | None = None,
+    agent: str | None = None,
+    episodes: int | None = None,
+    finetune_epochs: int = 3,
+    seed: int = 0,
+    workers: int = 1,
+    executor: str = "local",
+    ray_address: str | None = None,
+    preprocess: Preprocess | None = None,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+    save_policy: str | Path | None = None,
+    load_policy: str | Path | None = None,
+    name: str | None = None,
+) -> CompressResult:
+    """Searches, rewrites and fine-tunes a student per target. See the module docstring."""
+    targets = target if isinstance(target, (list, tuple)) else [target]
+    config = CompressConfig(
+        targets=tuple(t if isinstance(t, Target) else Target.parse(t) for t in targets),
+        max_drop=max_drop,
+        classes=tuple(classes) if classes is not None else None,
+        agent=agent,
+        episodes=episodes,
+        finetune_epochs=finetune_epochs,
+        seed=seed,
+        workers=workers,
+        executor=executor,
+        ray_address=ray_address,
+        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
+        progress=progress,
+    )
+    original = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    model_name = name or (Path(model).name if not isinstance(model, onnx.ModelProto) else "model.onnx")
+    teacher = canonicalize(original)
+    preprocess = preprocess or Preprocess.from_model(original)
+    n_classes = _num_classes(teacher)
+    if config.classes is not None and n_classes is not None and max(config.classes) >= n_classes:
+        raise UsageError(f"--classes {max(config.classes)} is out of range: the model has {n_classes} classes (0..{n_classes - 1})")
+    job = prepare_data(teacher, data, val_data, preprocess, config.classes, config.val_size, config.calib_size, config.seed)
+    _say(progress, f"teacher: {model_name}; data: {len(job.train)} train / {len(job.val)} validation samples")
+
+    # the search base: the teacher, specialised to the classes when asked
+    prefix = Plan()
+    base = teacher
+    if config.classes is not None:
+        prefix = Plan.from_json({"passes": [{"pass": "subset_classes", "classes": list(config.classes)}]})
+        base = apply_plan(teacher, prefix)
+    teacher_pred = run_batched(make_session(base), job.val.x).argmax(1) if job.val.y is None else None
+    teacher_metrics = measure(base, job.val, teacher_pred)
+    if teacher_metrics.accuracy is None:
+        teacher_metrics = replace(teacher_metrics, accuracy=1.0)  # agreement with itself
+
+    from onnxcompress.compiler.search_bridge import SearchOutcome, search_plans
+
+    outcome: SearchOutcome = search_plans(base, job, config, teacher_pred, save_policy=save_policy, load_policy=load_policy)
+
+    students: list[Student] = []
+    ft_wall = 0.0
+    one_channel = InputSpec.from_model(teacher).channels == 1
+    for tgt, plan, search_acc in outcome.choices:
+        ckpt = config.checkpoint_dir / f"finetune-{tgt.label().replace(',', '_').replace('=', '')}" if config.checkpoint_dir else None
+        if ckpt is not None:
+            ckpt.mkdir(parents=True, exist_ok=True)
+        student = apply_plan(base, plan, calibration=job.calibration, seed=config.seed)
+        if config.finetune_epochs > 0 and not plan_is_empty(plan):
+            _say(progress, f"fine-tuning the student for {tgt.label()} ({config.finetune_epochs} epochs, KD from the teacher)")
+            student, ft = finetune(
+                student,
+                teacher,
+                job.train,
+                job.val,
+                _finetune_config(config.finetune_epochs, config.seed, config.classes, one_channel),
+                checkpoint_dir=ckpt,
+                progress=progress,
+            )
+            ft_wall += ft.wall_s
+        final_plan = prefix.then(plan)
+        if tgt.size is not None:
+            student, quant_plan = _quantize_for_size(student, tgt, teacher_metrics, job, config)
+            final_plan = final_plan.then(quant_plan)
+        metrics = measure(student, job.val, teacher_pred)
+        drop = 100.0 * (teacher_metrics.accuracy - (metrics.accuracy or 0.0))
+        met = _meets(metrics, teacher_metrics, tgt)
+        feasible = drop <= config.max_drop and met
+        note = (
+            f"accuracy {100 * (metrics.accuracy or 0):.2f}% ({drop:+.2f} points vs the teacher's {100 * teacher_metrics.accuracy:.2f}%), "
+            f"MACs {metrics.macs / teacher_metrics.macs:.3f}x"
+        )
+        if not met:
+            note += "; the target was NOT met (this is the closest plan the search found)"
+        if drop > config.max_drop:
+            note += f"; the accuracy budget of {config.max_drop} points was NOT met at this target: a larger target (see the Pareto front) keeps more accuracy"
+        students.append(Student(tgt, final_plan, student, metrics, search_acc, feasible, note))
+
+    report = RunReport(
+        model=model_name,
+        teacher=teacher_metrics,
+        students=tuple(
+            StudentReport(
+                target=s.target.to_json(),
+                plan=s.plan.to_json(),
+                metrics=s.metrics,
+                search_accuracy=s.search_accuracy,
+                feasible=s.feasible,
+                note=s.note,
+                output=None,
+                channels=_layer_channels(base, s.model),
+            )
+            for s in students
+        ),
+        agent=outcome.agent,
+        episodes=outcome.episodes,
+        evaluations=outcome.evaluations,
+        search_wall_s=outcome.wall_s,
+        finetune_epochs=config.finetune_epochs,
+        finetune_wall_s=ft_wall,
+        pareto=tuple((m, prefix.then(p).to_json()) for m, p in outcome.pareto),
+        candidates=tuple(outcome.candidates),
+        seed=config.seed,
+        classes=config.classes,
+        max_drop=config.max_drop,
+    )
+    return CompressResult(teacher_metrics, tuple(students), report)
+
+
+def plan_is_empty(plan: Plan) -> bool:
+    return len(plan.steps) == 0
+
+
+def _meets(m: ModelMetrics, t: ModelMetrics, target: Target) -> bool:
+    ok = True
+    if target.macs is not None:
+        ok &= m.macs <= target.macs * t.macs * 1.0001
+    if target.params is not None:
+        ok &= m.params <= target.params * t.params * 1.0001
+    if target.size is not None:
+        ok &= m.size_bytes <= target.size * t.size_bytes
+    if target.latency is not None and m.latency_ms is not None and t.latency_ms is not None:
+        # latency is measured on a noisy machine: a 10 % tolerance
+        ok &= m.latency_ms.batch32 <= target.latency * t.latency_ms.batch32 * 1.1
+    return bool(ok)
+
+
+def _quantize_for_size(student: onnx.ModelProto, target: Target, teacher: ModelMetrics, job: JobData, config: CompressConfig):
+    """int8 everywhere when that meets the size target, else int4 weights where needed."""
+    for bits in (8, 4):
+        plan = Plan.from_json({"passes": [{"pass": "quantize", "bits": bits}]})
+        q = apply_plan(student, plan, calibration=job.calibration, seed=config.seed)
+        if q.ByteSize() <= target.size * teacher.size_bytes:
+            return q, plan
+    return q, plan
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI commands (thin)
+# ----------------------------------------------------------------------------------------------
+
+
+def _preprocess_args(args, model: onnx.ModelProto) -> Preprocess:
+    base = Preprocess.from_model(model)
+    return Preprocess(
+        scale=base.scale if args.scale is None else args.scale,
+        mean=base.mean if args.mean is None else parse_float_list(args.mean, "--mean"),
+        std=base.std if args.std is None else parse_float_list(args.std, "--std"),
+    )
+
+
+def _outputs_for(args, model_path: Path, n_targets: int) -> list[Path]:
+    from onnxcompress.cli import check_output_path
+
+    first = Path(args.output) if args.output else model_path.with_name(model_path.stem + ".compressed.onnx")
+    outs = [first] + [first.with_name(f"{first.stem}.{i + 1}{first.suffix}") for i in range(1, n_targets)]
+    return [check_output_path(o, [model_path]) for o in outs]
+
+
+def compress_command(args) -> int:
+    model_path = Path(args.model)
+    targets = [Target.parse(t) for t in args.target]
+    outputs = _outputs_for(args, model_path, len(targets))
+    report_path = None
+    if args.report:
+        from onnxcompress.cli import check_output_path
+
+        report_path = check_output_path(args.report, [model_path])
+    original = load_model(model_path)
+    ckpt = Path(str(outputs[0]) + ".checkpoint")
+    if ckpt.exists() and not args.resume:
+        import shutil
+
+        shutil.rmtree(ckpt, ignore_errors=True)
+    ckpt.mkdir(exist_ok=True)
+    with interruptible():
+        result = compress(
+            original,
+            args.data,
+            targets,
+            val_data=args.val_data,
+            max_drop=args.max_drop,
+            classes=parse_int_list(args.classes, "--classes") if args.classes else None,
+            agent=args.agent,
+            episodes=args.episodes,
+            finetune_epochs=args.finetune_epochs,
+            seed=args.seed,
+            workers=args.workers,
+            executor=args.executor,
+            ray_address=args.ray_address,
+            preprocess=_preprocess_args(args, original),
+            checkpoint_dir=ckpt,
+            progress=not args.quiet,
+            save_policy=args.save_policy,
+            load_policy=args.load_policy,
+            name=model_path.name,
+        )
+    students = []
+    for s, out in zip(result.students, outputs):
+        save_model_atomic(s.model, out)
+        students.append(out)
+    report = result.report
+    report = replace(report, students=tuple(replace(r, output=str(o)) for r, o in zip(report.students, students)))
+    if report_path is not None:
+        write_report(report, report_path)
+    import shutil
+
+    shutil.rmtree(ckpt, ignore_errors=True)
+    print(summary_table(report))
+    for s, out in zip(result.students, students):
+        print(f"wrote {out}: {s.note}")
+    if report_path is not None:
+        print(f"report: {report_path} (+ .md, .png)")
+    return 0 if all(s.feasible for s in result.students) else 0
+
+
+def finetune_command(args) -> int:
+    from onnxcompress.cli import check_output_path
+
+    out = check_output_path(args.output, [args.model, args.teacher])
+    student = load_model(args.model)
+    teacher = canonicalize(load_model(args.teacher))
+    preprocess = _preprocess_args(args, load_model(args.teacher))
+    classes = parse_int_list(args.classes, "--classes") if args.classes else None
+    spec = InputSpec.from_model(teacher)
+    n = _num_classes(teacher)
+    train = load_data(args.data, spec, preprocess, classes=classes, num_classes=n)
+    val = load_data(args.val_data, spec, preprocess, classes=classes, num_classes=n) if args.val_data else None
+    kinds = tuple(k.strip() for k in args.kd.split(",") if k.strip())
+    config = replace(
+        _finetune_config(args.epochs, args.seed, classes, spec.channels == 1),
+        kd=KDConfig(kinds=kinds),
+    )
+    ckpt = Path(str(out) + ".checkpoint")
+    if ckpt.exists() and not args.resume:
+        import shutil
+
+        shutil.rmtree(ckpt, ignore_errors=True)
+    ckpt.mkdir(exist_ok=True)
+    with interruptible():
+        tuned, result = finetune(student, teacher, train, val, config, checkpoint_dir=ckpt, progress=not args.quiet)
+    save_model_atomic(tuned, out)
+    import shutil
+
+    shutil.rmtree(ckpt, ignore_errors=True)
+    best = "n/a" if result.best_val_accuracy is None else f"{100 * result.best_val_accuracy:.2f}%"
+    start = "n/a" if result.initial_val_accuracy is None else f"{100 * result.initial_val_accuracy:.2f}%"
+    print(f"wrote {out}: validation top-1 {start} -> {best} after {result.epochs_run} epochs ({result.wall_s:.1f} s)")
+    return 0
+
+
+def demo_command(args) -> int:
+    from onnxcompress.models.demo import demo_data_paths, demo_teacher_path
+
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    teacher_path = demo_teacher_path()
+    train_path, test_path = demo_data_paths()
+    print(f"onnxcompress demo: bundled Fashion-MNIST teacher {teacher_path.name}, compressing to ~1/3 of its MACs", file=sys.stderr)
+    with interruptible():
+        result = compress(
+            teacher_path,
+            train_path,
+            "macs=0.33",
+            val_data=test_path,
+            max_drop=1.0,
+            agent=None,
+            episodes=8 if args.quick else None,
+            finetune_epochs=1 if args.quick else 3,
+            seed=args.seed,
+            progress=True,
+            name="demo_teacher.onnx",
+        )
+    student_path = save_model_atomic(result.model, out_dir / "student.onnx")
+    report = replace(result.report, students=tuple(replace(r, output=str(student_path)) for r in result.report.students))
+    jp, md, png = write_report(report, out_dir / "report.json")
+    print(summary_table(report))
+    print(f"\nwrote {student_path}, {jp}, {md}, {png}")
+    print(result.students[0].note)
+    return 0

@@ -1,0 +1,146 @@
+"""Every bad input through the real CLI (a subprocess): one clear line on stderr, a distinct
+non-zero exit status, no output file, and the input file unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.builders import GraphBuilder, resnet_like
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onnxcompress", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    model = d / "model.onnx"
+    model.write_bytes(resnet_like().SerializeToString())
+    rng = np.random.default_rng(0)
+    np.savez(d / "data.npz", x=rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8), y=rng.integers(0, 10, 40))
+    np.savez(d / "wrong_size.npz", x=rng.integers(0, 255, (10, 9, 9, 3), dtype=np.uint8), y=rng.integers(0, 10, 10))
+    np.savez(d / "grey.npz", x=rng.integers(0, 255, (10, 8, 8), dtype=np.uint8))
+    np.savez(d / "bad_labels.npz", x=rng.integers(0, 255, (10, 8, 8, 3), dtype=np.uint8), y=np.full(10, 12))
+    nan = rng.standard_normal((10, 3, 8, 8)).astype(np.float32)
+    nan[0, 0, 0, 0] = np.nan
+    np.savez(d / "nan.npz", x=nan)
+    (d / "text.onnx").write_text("this is not a model\n")
+    (d / "empty.onnx").write_bytes(b"")
+    (d / "random.onnx").write_bytes(rng.integers(0, 255, 4096, dtype=np.uint8).tobytes())
+    good = resnet_like().SerializeToString()
+    (d / "truncated.onnx").write_bytes(good[: len(good) // 3])
+    bad = resnet_like()
+    bad.graph.node[0].input[0] = "nonexistent_tensor"
+    (d / "checker.onnx").write_bytes(bad.SerializeToString())
+    nanw = resnet_like()
+    w = onnx.numpy_helper.to_array(nanw.graph.initializer[0]).copy()
+    w.flat[0] = np.inf
+    nanw.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(w, nanw.graph.initializer[0].name))
+    (d / "nan_weights.onnx").write_bytes(nanw.SerializeToString())
+    g = GraphBuilder()
+    y = g.relu(g.node("Add", ["x", g.const(np.ones((1, 3, 1, 1), np.float32))]))
+    (d / "noconv.onnx").write_bytes(g.build(y).SerializeToString())
+    (d / "plan.json").write_text(json.dumps({"passes": [{"pass": "prune_channels", "ratio": 0.5}]}))
+    (d / "plan_badid.json").write_text(json.dumps({"passes": [{"pass": "prune_channels", "group": "g77", "keep": 2}]}))
+    (d / "plan_badpass.json").write_text(json.dumps({"passes": [{"pass": "shrink"}]}))
+    (d / "plan_ratio.json").write_text(json.dumps({"passes": [{"pass": "prune_channels", "ratio": 1.5}]}))
+    (d / "plan_class.json").write_text(json.dumps({"passes": [{"pass": "subset_classes", "classes": [3, 99]}]}))
+    (d / "plan_notjson.json").write_text("{passes: [")
+    return d
+
+
+CASES = [
+    # (name, args, expected exit, message fragment)
+    ("missing model", ["inspect", "{d}/missing.onnx"], 3, "does not exist"),
+    ("directory", ["inspect", "{d}"], 3, "directory"),
+    ("text file", ["inspect", "{d}/text.onnx"], 3, "not a readable ONNX"),
+    ("empty file", ["inspect", "{d}/empty.onnx"], 3, "empty"),
+    ("random bytes", ["inspect", "{d}/random.onnx"], 3, "ONNX"),
+    ("truncated", ["inspect", "{d}/truncated.onnx"], 3, "ONNX"),
+    ("checker rejects", ["inspect", "{d}/checker.onnx"], 3, "checker"),
+    ("NaN weights", ["inspect", "{d}/nan_weights.onnx"], 3, "NaN or Inf"),
+    ("no conv or gemm", ["apply", "{d}/noconv.onnx", "{d}/plan.json", "-o", "{d}/out.onnx"], 3, "no Conv"),
+    ("unknown pass", ["apply", "{d}/model.onnx", "{d}/plan_badpass.json", "-o", "{d}/out.onnx"], 5, "unknown pass"),
+    ("unknown group id", ["apply", "{d}/model.onnx", "{d}/plan_badid.json", "-o", "{d}/out.onnx"], 5, "unknown group"),
+    ("ratio out of range", ["apply", "{d}/model.onnx", "{d}/plan_ratio.json", "-o", "{d}/out.onnx"], 5, "ratio"),
+    ("class out of range", ["apply", "{d}/model.onnx", "{d}/plan_class.json", "-o", "{d}/out.onnx"], 5, "out of range"),
+    ("plan not json", ["apply", "{d}/model.onnx", "{d}/plan_notjson.json", "-o", "{d}/out.onnx"], 5, "not valid JSON"),
+    ("missing plan", ["apply", "{d}/model.onnx", "{d}/nope.json", "-o", "{d}/out.onnx"], 5, "does not exist"),
+    ("-o is the input", ["apply", "{d}/model.onnx", "{d}/plan.json", "-o", "{d}/model.onnx"], 2, "input"),
+    ("-o folder missing", ["apply", "{d}/model.onnx", "{d}/plan.json", "-o", "{d}/nofolder/out.onnx"], 2, "does not exist"),
+    ("image size mismatch", ["eval", "{d}/model.onnx", "--data", "{d}/wrong_size.npz"], 4, "9"),
+    ("channels mismatch", ["eval", "{d}/model.onnx", "--data", "{d}/grey.npz"], 4, "channel"),
+    ("labels out of range", ["eval", "{d}/model.onnx", "--data", "{d}/bad_labels.npz"], 4, "label"),
+    ("NaN data", ["eval", "{d}/model.onnx", "--data", "{d}/nan.npz"], 4, "NaN"),
+    ("missing data", ["eval", "{d}/model.onnx", "--data", "{d}/nodata.npz"], 4, "does not exist"),
+    ("bad target", ["compress", "{d}/model.onnx", "--data", "{d}/data.npz", "--target", "macs:half", "-o", "{d}/out.onnx"], 2, "target"),
+    ("impossible target", ["compress", "{d}/model.onnx", "--data", "{d}/data.npz", "--target", "macs=1.5", "-o", "{d}/out.onnx"], 2, "impossible"),
+    ("unknown option", ["inspect", "{d}/model.onnx", "--frobnicate"], 2, "unrecognized"),
+]
+
+
+@pytest.mark.parametrize("name,args,code,fragment", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(files, name, args, code, fragment):
+    d = files
+    before = {p.name: sha(p) for p in d.iterdir() if p.is_file()}
+    r = cli(*[a.format(d=d) for a in args])
+    assert r.returncode == code, (r.returncode, r.stderr)
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and fragment.lower() in lines[0].lower(), lines[0]
+    assert "Traceback" not in r.stderr
+    after = {p.name: sha(p) for p in d.iterdir() if p.is_file()}
+    assert after == before  # nothing written, nothing changed
+
+
+def test_debug_shows_traceback(files):
+    r = cli("inspect", str(files / "text.onnx"), "--debug")
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_inspect_json_contract(files):
+    r = cli("inspect", str(files / "model.onnx"), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    for key in ("model", "opset", "inputs", "outputs", "macs", "params", "size_bytes", "layers", "groups", "removable", "quantizable"):
+        assert key in doc
+    assert doc["groups"] and set(doc["groups"][0]) >= {"id", "channels", "members", "prunable", "reason"}
+    assert all(set(u) == {"id", "nodes", "kind"} for u in doc["removable"])
+
+
+def test_apply_and_eval(files, tmp_path):
+    out = tmp_path / "student.onnx"
+    r = cli("apply", str(files / "model.onnx"), str(files / "plan.json"), "-o", str(out), "--data", str(files / "data.npz"))
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and [p.name for p in tmp_path.iterdir()] == ["student.onnx"]
+    r = cli("eval", str(out), "--data", str(files / "data.npz"), "--teacher", str(files / "model.onnx"), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert 0 <= doc["accuracy"] <= 1 and 0 <= doc["agreement"] <= 1 and doc["latency_ms"]["batch32"] > 0
+
+
+def test_unknown_custom_op_is_inspected_not_fatal(tmp_path):
+    g = GraphBuilder()
+    x = g.relu(g.conv("x", 3, 8))
+    m = g.build(g.head(g.relu(g.conv(x, 8, 8)), 8))
+    m.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    relu = next(n for n in m.graph.node if n.op_type == "Relu")
+    relu.op_type, relu.domain = "Swish", "com.example"
+    p = tmp_path / "custom.onnx"
+    p.write_bytes(m.SerializeToString())
+    r = cli("inspect", str(p))
+    assert r.returncode == 0, r.stderr
+    assert "Swish" in r.stdout and "frozen" in r.stdout
