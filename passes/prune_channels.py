@@ -7,6 +7,7 @@ Plan forms (DESIGN.md):
   {"pass": "prune_channels", "groups": {"g0": 12, "g3": 24}}  several groups by count (what the
                                                              search emits: one step, one refit)
 Options: "criterion" (l1 | l2 | bn | activation | apoz, default l1) chooses which channels go;
+"round_to" (default 1) rounds kept counts to a multiple, for hardware-friendly widths;
 "reconstruct" (default: when calibration data is given) re-fits the layers that read pruned
 channels by least squares.
 """
@@ -40,13 +41,14 @@ class PruneChannelsParams:
     groups: tuple[tuple[str, int], ...] | None = None
     criterion: str = "l1"
     reconstruct: bool | None = None
+    round_to: int = 1
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "PruneChannelsParams":
         f = parse_fields(
             obj,
             "prune_channels",
-            {"ratio": (int, float), "group": str, "keep": int, "indices": list, "groups": dict, "criterion": str, "reconstruct": bool},
+            {"ratio": (int, float), "group": str, "keep": int, "indices": list, "groups": dict, "criterion": str, "reconstruct": bool, "round_to": int},
         )
         forms = [k for k in ("ratio", "group", "groups") if k in f]
         if len(forms) != 1:
@@ -71,6 +73,8 @@ class PruneChannelsParams:
             if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in f["groups"].values()):
                 raise PlanError("prune_channels groups must map group ids to channel counts >= 1")
             groups = tuple(sorted((str(k), int(v)) for k, v in f["groups"].items()))
+        if f.get("round_to", 1) < 1:
+            raise PlanError(f"prune_channels round_to must be >= 1, got {f['round_to']}")
         criterion = f.get("criterion", "l1")
         if criterion not in importance.CRITERIA:
             raise PlanError(f"unknown importance criterion '{criterion}'; choose one of {', '.join(importance.CRITERIA)}")
@@ -82,6 +86,7 @@ class PruneChannelsParams:
             groups=groups,
             criterion=criterion,
             reconstruct=f.get("reconstruct"),
+            round_to=f.get("round_to", 1),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -100,6 +105,8 @@ class PruneChannelsParams:
             out["criterion"] = self.criterion
         if self.reconstruct is not None:
             out["reconstruct"] = self.reconstruct
+        if self.round_to != 1:
+            out["round_to"] = self.round_to
         return out
 
 
@@ -112,7 +119,7 @@ def _prunable(group: ChannelGroup, ident: str) -> ChannelGroup:
 def targets(analysis: Analysis, params: PruneChannelsParams, ctx: PassContext) -> dict[str, int | tuple[int, ...]]:
     """group id (in this graph) -> channels to keep (a count, or explicit indices)."""
     if params.ratio is not None:
-        return {g.id: max(1, int(round(g.channels * (1.0 - params.ratio)))) for g in analysis.groups if g.prunable}
+        return {g.id: rounded_keep(g.channels, g.channels * (1.0 - params.ratio), params.round_to) for g in analysis.groups if g.prunable}
     wanted: list[tuple[str, int | tuple[int, ...]]] = []
     if params.group is not None:
         wanted.append((params.group, params.indices if params.indices is not None else int(params.keep)))
@@ -126,8 +133,19 @@ def targets(analysis: Analysis, params: PruneChannelsParams, ctx: PassContext) -
                 raise PlanError(f"group '{ident}' has {g.channels} channels; index {max(k)} is out of range")
         elif k > g.channels:
             raise PlanError(f"group '{ident}' has {g.channels} channels; cannot keep {k}")
-        out[g.id] = k
+        out[g.id] = k if isinstance(k, tuple) else rounded_keep(g.channels, k, params.round_to)
     return out
+
+
+def rounded_keep(channels: int, keep: float, multiple: int) -> int:
+    """A kept-channel count rounded to a multiple of `multiple` (hardware-friendly widths: on
+    x86 onnxruntime's blocked NCHWc convolutions run 8/16 channels at a time, and a width off
+    that grid can be *slower* than the unpruned layer), clamped to [min(multiple, channels),
+    channels]."""
+    if multiple <= 1:
+        return int(min(channels, max(1, round(keep))))
+    k = int(round(keep / multiple)) * multiple
+    return int(min(channels, max(min(multiple, channels), k)))
 
 
 def choose_channels(

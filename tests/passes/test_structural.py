@@ -204,3 +204,13 @@ def test_frozen_group_rejected():
 def test_plan_json_round_trip():
     p = plan({"pass": "prune_channels", "groups": {"g1": 3, "g0": 2}}, {"pass": "remove", "block": "b1"}, {"pass": "subset_classes", "classes": [2, 0]})
     assert Plan.from_json(p.to_json()) == p
+
+
+def test_round_to_keeps_hardware_friendly_widths():
+    c = canonicalize(resnet_like(width=16))
+    out = apply_plan(c, plan({"pass": "prune_channels", "ratio": 0.6, "round_to": 8}))
+    widths = {l.out_channels for l in analyze(import_graph(out)).layers[:-1]}
+    assert widths == {8}
+    from onnxcompress.passes.prune_channels import rounded_keep
+
+    assert rounded_keep(16, 3.0, 8) == 8 and rounded_keep(16, 13.0, 8) == 16 and rounded_keep(6, 2.0, 8) == 6
