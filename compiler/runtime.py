@@ -95,3 +95,24 @@ def intermediate_outputs(model: onnx.ModelProto, x: np.ndarray, names: list[str]
         for n, o in zip(names, outs):
             parts[n].append(o)
     return {n: np.concatenate(v, axis=0) for n, v in parts.items()}
+
+
+def compare_latency(models: list[onnx.ModelProto], sample: np.ndarray, rounds: int = 5, repeats: int = 10) -> list[Latency]:
+    """Latencies of several models measured side by side: the models take turns for `rounds`
+    rounds and each keeps its median, so background load on a noisy machine hits all of them
+    alike. Use ratios of the results, never absolute times."""
+    sessions = [make_session(m) for m in models]
+    one = sample[:1]
+    b32 = np.concatenate([one] * 32, axis=0) if len(sample) < 32 else sample[:32]
+    b1_times: list[list[float]] = [[] for _ in models]
+    b32_times: list[list[float]] = [[] for _ in models]
+    for s in sessions:  # warm-up
+        name = s.get_inputs()[0].name
+        for _ in range(3):
+            s.run(None, {name: b32})
+    for _ in range(rounds):
+        for i, s in enumerate(sessions):
+            name = s.get_inputs()[0].name
+            b1_times[i].append(_median_ms(s, {name: one}, repeats, 1))
+            b32_times[i].append(_median_ms(s, {name: b32}, max(3, repeats // 3), 1))
+    return [Latency(float(np.median(a)), float(np.median(b))) for a, b in zip(b1_times, b32_times)]

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): every figure in BENCHMARKS.md comes from `python -m bench all`."""

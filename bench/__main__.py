@@ -1,0 +1,46 @@
+"""`python -m bench all [--quick]` runs every benchmark and rebuilds BENCHMARKS.md;
+`python -m bench NAME` runs one (structural, quantize, search, finetune, compress, peers)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from bench.common import RESULTS, ROOT
+
+BENCHES = {
+    "structural": "bench.structural_bench",
+    "quantize": "bench.quantize_bench",
+    "search": "bench.search_bench",
+    "finetune": "bench.finetune_bench",
+    "compress": "bench.compress_bench",
+    "peers": "bench.peers_bench",
+}
+ORDER = list(BENCHES)
+
+
+def assemble() -> None:
+    parts = [(ROOT / "bench" / "BENCHMARKS_HEAD.md").read_text().rstrip()]
+    for name in ORDER:
+        p = RESULTS / f"{name}.md"
+        if p.exists():
+            parts.append(p.read_text().rstrip())
+    (ROOT / "BENCHMARKS.md").write_text("\n\n".join(parts) + "\n")
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        raise SystemExit(__doc__)
+    name, rest = argv[0], argv[1:]
+    names = ORDER if name == "all" else [name]
+    for n in names:
+        if n not in BENCHES:
+            raise SystemExit(f"unknown benchmark '{n}'; choose from all, {', '.join(ORDER)}")
+        module = importlib.import_module(BENCHES[n])
+        print(f"== bench {n}", flush=True)
+        module.main(rest)
+    assemble()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

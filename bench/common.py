@@ -1,0 +1,54 @@
+"""Shared benchmark helpers: where the real data is, machine description, markdown tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REALDATA = Path(os.environ.get("ONNXCOMPRESS_REALDATA", ROOT.parent / "shared" / "realdata"))
+RESULTS = ROOT / "bench" / "results"
+RESNET8 = REALDATA / "models" / "cifar10_resnet8_mlperftiny_tf2onnx.onnx"
+CIFAR_TRAIN = REALDATA / "data" / "cifar10_train10k_jpeg.npz"
+CIFAR_TEST = REALDATA / "data" / "cifar10_test_jpeg.npz"
+
+
+def require_realdata() -> None:
+    if not REALDATA.exists():
+        raise SystemExit(f"benchmarks need the real models and data in {REALDATA} (../shared/realdata)")
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+    import torch
+
+    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.machine()}, Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, torch {torch.__version__}"
+
+
+def header(title: str, command: str) -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return f"## {title}\n\nCommand: `{command}` — {date.today().isoformat()}, commit {commit}, {machine()}.\n"
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def write_result(name: str, text: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    path.write_text(text.rstrip() + "\n")
+    return path
