@@ -1,0 +1,132 @@
+"""greedy: per-group sensitivity scan, then greedy allocation (the classic "prune each layer
+alone, see what it costs" baseline of Li et al. 2017 / NetAdapt-style allocation).
+
+1. Scan: the unpruned teacher, then each prunable group alone at a few keep ratios (these probes
+   ignore the budget on purpose). The sensitivity of a group at a ratio is the reward lost.
+2. Allocate: starting from everything kept, repeatedly lower the group whose next step down (on
+   a fine grid) loses the least interpolated reward per unit of the target's resource saved,
+   until the budget holds; one allocation per `cost_exponents` value is evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from onnxcompress.errors import UsageError
+from onnxcompress.search.agents.base import Agent, AgentContext, register_agent
+from onnxcompress.search.env import CompressionEnv, Episode
+from onnxcompress.search.space import keep_bounds
+
+
+@dataclass(frozen=True)
+class GreedyConfig:
+    scan_keep: tuple[float, ...] = (0.25, 0.5, 0.75)  # keep ratios each group is probed at
+    grid: float = 0.05  # allocation step in keep ratio
+    cost_exponents: tuple[float, ...] = (1.0, 0.5, 2.0)  # one allocation each: drop / saved**p
+
+
+@register_agent("greedy", GreedyConfig, ("prune",), "per-group sensitivity scan, then greedy allocation")
+class GreedyAgent(Agent):
+    def __init__(self, context: AgentContext, config: GreedyConfig) -> None:
+        super().__init__(context, config)
+        self.scores: dict[str, float] = {}  # probe label -> reward
+        self.pending: list[str] = []  # labels of probes not yet asked
+        self._asked: list[str] = []  # labels of the episodes of the last ask
+        self.started = False
+        self.allocated = False
+
+    # episodes are labelled "base", "<group id>@<keep>" (scan) or "alloc@<exponent>" so that
+    # the state is plain strings and floats
+    def _episode(self, env: CompressionEnv, label: str) -> Episode:
+        if label == "base":
+            return env.probe({})
+        head, value = label.split("@")
+        if head == "alloc":
+            fractions = self._allocate(env, float(value))
+            return env.replay([fractions[d.ident] for d in env.space.groups])
+        return env.probe({head: float(value)})
+
+    def ask(self, env: CompressionEnv, n: int) -> list[Episode]:
+        if env.config.stages != ("prune",):
+            raise UsageError("agent 'greedy' searches the prune stage only")
+        if not self.started:
+            self.started = True
+            self.pending = ["base"] + [f"{d.ident}@{k:g}" for d in env.space.groups for k in self.config.scan_keep]
+        if not self.pending and not self.allocated:
+            # the scan is complete (the driver tells before it asks again): allocate
+            self.allocated = True
+            self.pending = [f"alloc@{p:g}" for p in self.config.cost_exponents]
+        batch, self.pending = self.pending[:n], self.pending[n:]
+        self._asked = batch
+        return [self._episode(env, label) for label in batch]
+
+    def tell(self, episodes: Sequence[Episode], rewards: Sequence[float]) -> None:
+        for label, r in zip(getattr(self, "_asked", []), rewards):
+            self.scores[label] = float(r)
+
+    def _drop(self, gid: str, f: float) -> float:
+        """Interpolated reward lost when group `gid` keeps fraction f (0 at f = 1)."""
+        base = self.scores.get("base", 0.0)
+        pts = sorted([(1.0, 0.0)] + [(k, base - self.scores[f"{gid}@{k:g}"]) for k in self.config.scan_keep if f"{gid}@{k:g}" in self.scores])
+        xs = np.array([p[0] for p in pts])
+        ys = np.maximum.accumulate(np.array([p[1] for p in pts])[::-1])[::-1]  # monotone: less kept never loses less
+        if f >= xs[0]:
+            return float(np.interp(f, xs, ys))
+        slope = (ys[1] - ys[0]) / (xs[1] - xs[0]) if len(xs) > 1 else 0.0
+        return float(ys[0] + slope * (f - xs[0]))
+
+    def _allocate(self, env: CompressionEnv, exponent: float) -> dict[str, float]:
+        s = env.space.structure(frozenset())
+        groups = s.groups
+        dim = env.target.primary
+        frac = {d.ident: 1.0 for d in groups}
+        floor = {d.ident: keep_bounds(s.channels(d.local), env.config.min_keep)[0] / s.channels(d.local) for d in groups}
+
+        def cost(fr: Mapping[str, float]):
+            keep = {d.local: max(1, int(round(fr[d.ident] * s.channels(d.local)))) for d in groups}
+            return env.space.cost(structure=s, keep=keep)
+
+        def value(c) -> float:
+            return float({"macs": c.macs, "params": c.params, "size": c.size_bytes, "latency": c.latency_ms or 0.0}[dim])
+
+        current = cost(frac)
+        while not env.budget.allows(current):
+            best, best_score = None, None
+            for d in groups:
+                f = frac[d.ident]
+                if f - self.config.grid < floor[d.ident] - 1e-9:
+                    continue
+                trial = {**frac, d.ident: round(f - self.config.grid, 6)}
+                saved = value(current) - value(cost(trial))
+                if saved <= 0:
+                    continue
+                loss = max(0.0, self._drop(d.ident, trial[d.ident]) - self._drop(d.ident, f))
+                score = loss / saved**exponent
+                if best_score is None or score < best_score:
+                    best, best_score = d.ident, score
+            if best is None:  # nothing can go lower: let the environment clamp the rest
+                break
+            frac[best] = round(frac[best] - self.config.grid, 6)
+            current = cost(frac)
+        return frac
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "scores": dict(self.scores),
+            "pending": list(self.pending),
+            "asked": list(getattr(self, "_asked", [])),
+            "started": self.started,
+            "allocated": self.allocated,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.scores = {str(k): float(v) for k, v in state["scores"].items()}
+        self.pending = [str(x) for x in state["pending"]]
+        self._asked = [str(x) for x in state["asked"]]
+        self.started = bool(state["started"])
+        self.allocated = bool(state["allocated"])
