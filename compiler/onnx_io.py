@@ -28,7 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper, shape_inference, version_converter
 
-from onnxcompress.errors import ModelError
+from onnxcompress.errors import CompressError, ModelError
 
 CANONICAL_MIN_OPSET = 13
 BATCH_DIM = "N"
@@ -397,8 +397,11 @@ def validate_classifier(model: onnx.ModelProto) -> None:
     if not any(n.op_type in ("Conv", "Gemm", "MatMul") for n in model.graph.node):
         raise ModelError("the model has no Conv, Gemm or MatMul layer: nothing to compress")
     for init in model.graph.initializer:
-        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+        try:
             values = numpy_helper.to_array(init)
+        except Exception:
+            raise ModelError(f"initializer '{init.name}' is damaged: its data does not match its shape {list(init.dims)} and type") from None
+        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
             if not np.isfinite(values).all():
                 raise ModelError(f"weight '{init.name}' contains NaN or Inf values; the model is damaged")
 
@@ -407,6 +410,16 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """The canonical form described in this module's docstring. Lossless: outputs are unchanged up
     to float rounding (checked by tests against onnxruntime on real data)."""
     validate_classifier(model)
+    try:
+        return _canonicalize(model)
+    except CompressError:
+        raise
+    except Exception as exc:  # a model the checker accepts but that is inconsistent inside
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ModelError(f"cannot import the model ({type(exc).__name__}: {first}); is it a valid CNN classifier?") from None
+
+
+def _canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.ModelProto.FromString(model.SerializeToString())  # never touch the caller's copy
     template = onnx.ModelProto.FromString(model.SerializeToString())
     model = _widen_fp16(model)
