@@ -367,8 +367,9 @@ def export_graph(graph: gs.Graph, template: onnx.ModelProto | None = None, infer
             t.shape = None  # stale after a rewrite; shape inference recomputes it
     model = gs.export_onnx(graph, do_type_check=False)
     if template is not None:
-        # ir_version < 4 requires initializers listed as graph inputs; never go below 7
-        model.ir_version = max(template.ir_version, 7)
+        # ir_version < 4 requires initializers listed as graph inputs; never go below 7; a pass
+        # that raised the opset (int4 weights need opset 21, hence IR 10) raised graph.ir_version
+        model.ir_version = max(template.ir_version, 7, int(graph.ir_version or 0))
         model.producer_name = "onnxcompress"
         del model.metadata_props[:]
         model.metadata_props.extend(template.metadata_props)
