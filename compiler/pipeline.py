@@ -28,7 +28,7 @@ from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.kd import KDConfig
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, load_model, save_model_atomic
 from onnxcompress.compiler.report import ModelMetrics, RunReport, StudentReport, summary_table, write_report
-from onnxcompress.compiler.runtime import make_session, measure_latency, run_batched
+from onnxcompress.compiler.runtime import Latency, make_session, measure_latency, run_batched
 from onnxcompress.compiler.trainer import FinetuneConfig, finetune
 from onnxcompress.errors import DataError, ModelError, UsageError
 from onnxcompress.passes import Plan, apply_plan
@@ -240,9 +240,7 @@ def compress(
     if teacher_metrics.accuracy is None:
         teacher_metrics = replace(teacher_metrics, accuracy=1.0)  # agreement with itself
 
-    from onnxcompress.compiler.search_bridge import SearchOutcome, search_plans
-
-    outcome: SearchOutcome = search_plans(base, job, config, teacher_pred, save_policy=save_policy, load_policy=load_policy)
+    outcome = _search(base, job, config, save_policy, load_policy)
 
     students: list[Student] = []
     ft_wall = 0.0
@@ -311,6 +309,86 @@ def compress(
         max_drop=config.max_drop,
     )
     return CompressResult(teacher_metrics, tuple(students), report)
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    choices: tuple[tuple[Target, Plan, float | None], ...]  # (target, plan, accuracy before fine-tuning)
+    pareto: tuple[tuple[ModelMetrics, Plan], ...]
+    candidates: tuple[ModelMetrics, ...]
+    agent: str
+    episodes: int
+    evaluations: int
+    wall_s: float
+
+
+# episodes per target when the user does not say: enough for the agents to beat the baselines on
+# ResNet-8 (bench/search_bench.py) while the search stays within minutes on 2 cores
+DEFAULT_EPISODES = {"ddpg": 60, "reinforce": 60, "haq": 40, "random": 60, "uniform": 12, "greedy": 40}
+
+
+def _search(base: onnx.ModelProto, job: JobData, config: CompressConfig, save_policy, load_policy) -> SearchOutcome:
+    from onnxcompress.search.driver import SearchConfig, run_search
+    from onnxcompress.search.executors import ExecutorConfig
+    from onnxcompress.search.targets import Target as SearchTarget
+
+    agent = config.agent or _default_agent(config.targets[0])
+    episodes = config.episodes or DEFAULT_EPISODES.get(agent, 40)
+    search_config = SearchConfig(
+        agent=agent,
+        episodes=episodes,
+        targets=tuple(SearchTarget.from_json(t.to_json()) for t in config.targets),
+        seed=config.seed,
+        val_limit=config.val_size,
+        calib_limit=config.calib_size,
+        load_policy=str(load_policy) if load_policy else None,
+        save_policy=str(save_policy) if save_policy else None,
+    )
+    executor = ExecutorConfig(kind="ray" if config.executor == "ray" else "local", workers=config.workers, ray_address=config.ray_address)
+    ckpt = str(config.checkpoint_dir / "search") if config.checkpoint_dir is not None else None
+    result = run_search(base, job.val, job.calibration, search_config, executor=executor, checkpoint_dir=ckpt, progress=config.progress)
+
+    def metrics(m) -> ModelMetrics:
+        return ModelMetrics(m.macs, m.params, m.size_bytes, m.accuracy, None)
+
+    choices = []
+    for tgt, best in zip(config.targets, result.best):
+        if best.plan is None:
+            # nothing the search tried fits: fall back to uniform pruning to the target's MACs
+            choices.append((tgt, _uniform_plan(base, tgt), None))
+        else:
+            choices.append((tgt, Plan.from_json(best.plan), best.metrics.accuracy if best.metrics else None))
+    return SearchOutcome(
+        choices=tuple(choices),
+        pareto=tuple((metrics(c.metrics), Plan.from_json(c.plan)) for c in result.pareto),
+        candidates=tuple(metrics(c.metrics) for c in result.candidates if c.metrics.feasible),
+        agent=agent,
+        episodes=result.episodes,
+        evaluations=result.evaluations,
+        wall_s=result.wall_s,
+    )
+
+
+def _uniform_plan(base: onnx.ModelProto, target: Target) -> Plan:
+    """The uniform ratio whose predicted MACs/params meet the target (bisection on the exact
+    cost model); used only when the search found nothing within the target."""
+    from onnxcompress.compiler.cost import SearchCost
+    from onnxcompress.passes.prune_channels import rounded_keep
+
+    analysis = analyze(import_graph(base))
+    cost = SearchCost(analysis)
+    groups = [g for g in analysis.groups if g.prunable]
+    goal_macs = (target.macs or 1.0) * cost.total_macs
+    goal_params = (target.params or 1.0) * cost.total_layer_params
+    lo, hi = 0.0, 0.95
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        keep = {g.id: rounded_keep(g.channels, g.channels * (1 - mid), 1) for g in groups}
+        if cost.macs(keep) <= goal_macs and cost.layer_params(keep) <= goal_params:
+            hi = mid
+        else:
+            lo = mid
+    return Plan.from_json({"passes": [{"pass": "prune_channels", "ratio": round(hi, 4), "reconstruct": True}]})
 
 
 def plan_is_empty(plan: Plan) -> bool:

@@ -7,7 +7,7 @@ sees the inputs of the already-reconstructed network, so errors do not compound.
 makes candidates good without fine-tuning, which the search relies on.
 
 Written by hand because no library does it on an ONNX graph: onnxruntime runs the networks,
-torch's unfold builds the convolution patches, numpy solves the normal equations.
+numpy gathers sampled convolution patches and solves the normal equations.
 """
 
 from __future__ import annotations
@@ -20,34 +20,50 @@ from onnxcompress.compiler.ir import Analysis
 from onnxcompress.compiler.onnx_io import export_graph
 from onnxcompress.compiler.runtime import intermediate_outputs
 
-MAX_ROWS = 12000  # sampled rows (positions x images) per layer: enough for ~2k unknowns
+MAX_ROWS = 12000  # sampled rows (positions x images) per layer, at most
+ROWS_PER_UNKNOWN = 10  # with the ridge term, ten rows per unknown weight fit well
+
+
+def _rows_for(features: int) -> int:
+    return int(min(MAX_ROWS, max(4000, ROWS_PER_UNKNOWN * (features + 1))))
+
+
+def _images_for(positions: int, rows: int, available: int) -> int:
+    """Calibration images to run for a layer: enough positions to sample `rows` from 4x over."""
+    return int(min(available, max(16, -(-4 * rows // max(positions, 1)))))
 RIDGE = 1e-4
 
 
-def _conv_rows(x: np.ndarray, node: gs.Node, w_shape: tuple) -> np.ndarray | None:
-    """im2col of the layer input: (N*positions, Cin*kh*kw)."""
+def _conv_patches(x: np.ndarray, node: gs.Node, w_shape: tuple, rng: np.random.Generator, rows: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """`rows` random (image, output position) patches of the layer input, flattened like the
+    weight (Cin*kh*kw), and the positions they were taken at. Gathering only the sampled patches
+    instead of a full im2col keeps the refit cheap on large calibration sets."""
     if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or len(w_shape) != 4:
         return None
-    kh, kw = w_shape[2], w_shape[3]
-    pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
-    strides = list(node.attrs.get("strides", [1, 1]))
-    dil = list(node.attrs.get("dilations", [1, 1]))
-    import torch  # lazy: keeps `onnxcompress inspect` and friends quick to start
-    import torch.nn.functional as F
-
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    t = F.pad(t, (pads[1], pads[3], pads[0], pads[2]))
-    cols = F.unfold(t, (kh, kw), dilation=dil, stride=strides)  # (N, C*kh*kw, L)
-    return cols.permute(0, 2, 1).reshape(-1, cols.shape[1]).numpy()
+    kh, kw = int(w_shape[2]), int(w_shape[3])
+    top, left, bottom, right = (list(node.attrs.get("pads", [0, 0, 0, 0])) + [0, 0, 0, 0])[:4]
+    sh, sw = list(node.attrs.get("strides", [1, 1]))
+    dh, dw = list(node.attrs.get("dilations", [1, 1]))
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    n, c, hp, wp = xp.shape
+    oh, ow = (hp - (kh - 1) * dh - 1) // sh + 1, (wp - (kw - 1) * dw - 1) // sw + 1
+    total = n * oh * ow
+    pick = rng.choice(total, min(rows, total), replace=False) if total > rows else np.arange(total)
+    ni, rest = np.divmod(pick, oh * ow)
+    yi, xi = np.divmod(rest, ow)
+    ki = (yi * sh)[:, None, None] + (np.arange(kh) * dh)[None, :, None]  # (rows, kh, 1)
+    kj = (xi * sw)[:, None, None] + (np.arange(kw) * dw)[None, None, :]  # (rows, 1, kw)
+    patches = xp[ni[:, None, None], :, ki, kj]  # (rows, kh, kw, C)
+    return patches.transpose(0, 3, 1, 2).reshape(len(pick), c * kh * kw), np.stack([ni, yi, xi], axis=1)
 
 
 def _solve(a: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Ridge least squares with a bias column: returns (features+1, outputs)."""
-    a1 = np.concatenate([a, np.ones((a.shape[0], 1), a.dtype)], axis=1).astype(np.float64)
-    ata = a1.T @ a1
+    a1 = np.concatenate([a, np.ones((a.shape[0], 1), a.dtype)], axis=1).astype(np.float32)
+    ata = (a1.T @ a1).astype(np.float64)
     lam = RIDGE * np.trace(ata) / ata.shape[0]
     ata[np.diag_indices_from(ata)] += lam
-    return np.linalg.solve(ata, a1.T @ y.astype(np.float64))
+    return np.linalg.solve(ata, (a1.T @ y.astype(np.float32)).astype(np.float64))
 
 
 def _layers_to_fit(graph: gs.Graph, analysis: Analysis, keep: dict[int, np.ndarray]) -> list[gs.Node]:
@@ -66,18 +82,24 @@ def reconstruct(
     targets = intermediate_outputs(teacher, x, [n.outputs[0].name for n in layers])
     out_slices = {s.node: s for s in analysis.slices if s.role == "out"}
     for node in layers:
-        student = export_graph(graph.copy(), infer=True)
-        xin = intermediate_outputs(student, x, [node.inputs[0].name])[node.inputs[0].name]
-        y = targets[node.outputs[0].name]
         w = node.inputs[1].values
+        y_all = targets[node.outputs[0].name]
+        features = int(np.prod(w.shape[1:])) if node.op == "Conv" else int(w.shape[1] if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else w.shape[0])
+        rows_wanted = _rows_for(features)
+        positions = int(np.prod(y_all.shape[2:])) if node.op == "Conv" else 1
+        n_img = _images_for(positions, rows_wanted, len(x))
+        student = export_graph(graph.copy(), infer=True)
+        xin = intermediate_outputs(student, x[:n_img], [node.inputs[0].name])[node.inputs[0].name]
+        y = y_all[:n_img]
         if node.op == "Conv":
             if int(node.attrs.get("group", 1)) != 1:
                 continue
-            rows = _conv_rows(xin, node, w.shape)
-            if rows is None:
+            sampled = _conv_patches(xin, node, w.shape, rng, rows_wanted)
+            if sampled is None:
                 continue
+            rows, where = sampled
             out_idx = out_slices[node.name].layout.indices(keep) if node.name in out_slices else np.arange(y.shape[1])
-            yt = np.moveaxis(y[:, out_idx], 1, -1).reshape(-1, len(out_idx))
+            yt = y[where[:, 0], :, where[:, 1], where[:, 2]][:, out_idx]
         elif node.op in ("Gemm", "MatMul"):
             if node.op == "Gemm" and (float(node.attrs.get("alpha", 1.0)) != 1.0 or float(node.attrs.get("beta", 1.0)) != 1.0):
                 continue
@@ -86,8 +108,8 @@ def reconstruct(
             yt = y.reshape(-1, y.shape[-1])[:, out_idx]
         else:
             continue
-        if rows.shape[0] > MAX_ROWS:
-            pick = rng.choice(rows.shape[0], MAX_ROWS, replace=False)
+        if rows.shape[0] > rows_wanted:  # fully connected layers: one row per image
+            pick = rng.choice(rows.shape[0], rows_wanted, replace=False)
             rows, yt = rows[pick], yt[pick]
         if rows.shape[0] < rows.shape[1] // 4:
             continue  # too few samples for a meaningful fit
