@@ -40,17 +40,21 @@ _CHECKPOINT_FORMAT = 1
 class FinetuneConfig:
     """Fine-tuning budget and recipe.
 
-    lr follows a linear warm-up over `warmup_epochs`, then a cosine decay to 0 (per step).
-    AdamW is the default because imported models have arbitrary input scales: with raw 0..255
-    pixels the first conv's gradient is ~1000x larger than its weights and SGD wrecks it at any
-    useful learning rate, while Adam's per-parameter step does not care. `weight_decay=None` means
-    5e-4 for SGD and 0.01 for AdamW (decoupled); it applies to weights (tensors with 2+ dims), not
-    to biases or BatchNorm affine parameters. `patience` stops after that many epochs without a better validation accuracy
-    (None: never); the best weights (the untouched student included) are returned.
-    Augmentation is a random crop after reflect-padding by `crop_padding` pixels (None: 1/8 of
-    the image height, the usual 4 px on 32×32; reflection, not zeros, because zero borders shift
-    the BatchNorm statistics of a model fed raw pixels) plus a horizontal flip (`flip=None`: on, except for
-    1-channel data where mirrored digits/letters change meaning).
+    Schedule: linear warm-up over `warmup_epochs`, then cosine decay to 0 (per step).
+    Optimizer: AdamW by default because imported models have arbitrary input scales: with raw
+    0..255 pixels the first conv's gradient is ~1000x larger than its weights and SGD wrecks it at
+    any useful learning rate, while Adam's per-parameter step does not care. `weight_decay=None`
+    means 5e-4 for SGD and 0.01 for AdamW (decoupled); it applies to weights (tensors with 2+
+    dims), not to biases or BatchNorm affine parameters.
+    Early stopping: `patience` epochs without a better validation accuracy end the run (None:
+    never); the best weights (the untouched student included) are returned.
+    Augmentation: a random crop after reflect-padding by `crop_padding` pixels (None: 1/8 of the
+    image height, the usual 4 px on 32x32; reflection, not zeros, because black borders shift the
+    BatchNorm statistics of a model fed raw pixels: -5 points measured) plus a horizontal flip
+    (`flip=None`: on, except for 1-channel data where mirrored digits/letters change meaning).
+    Threads: 1 by default, like compiler.runtime's sessions: runs share busy machines and process
+    pools, where two threads per process fight for the cores (4x slower measured on a loaded
+    2-core machine). Results are deterministic for a given thread count.
     """
 
     epochs: int = 10
@@ -70,7 +74,7 @@ class FinetuneConfig:
     reinsert_bn: bool = True
     bn_calibration_batches: int = 4
     eval_batch_size: int = 256
-    threads: int | None = None  # torch intra-op threads for the run (None: torch's default)
+    threads: int | None = 1  # torch intra-op threads for the run (None: torch's default)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
