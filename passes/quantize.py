@@ -16,11 +16,14 @@ int8 and int4 need calibration data (`ctx.calibration`); without it the step is 
 How steps compose: the graph itself records each layer's precision (the form of its weight),
 so a step reads the current precisions, turns the graph back into float (`qdq.strip`, which
 keeps the activation scales and integer weights it removes), lays its own request over the
-current map (a later step wins for the layers it names) and emits the whole map once. Layers
-whose precision did not change get back exactly the integers and scales they had, so
-`[{"bits": 8}, {"node": "c3", "bits": 4}]` gives the same graph as the single map step
-`{"nodes": {..., "c3": 4}}`. Precision lost by an earlier step is not restored: setting an int4
-layer back to 8 or 32 keeps its int4-rounded values. Quantize last (after pruning, removal and
+current map (a later step wins for the layers it names) and emits the whole map once: one
+consistent QDQ graph, one Q/DQ pair per tensor, however many steps. Layers whose precision did
+not change keep exactly their integers and scales, and existing activation pairs keep their
+parameters (so repeating a step changes nothing). A layer a later step quantizes is quantized
+from the graph's current float form, in which earlier layers already carry their rounded
+weights; split steps therefore give the same graph structure as one map step and nearly the
+same numbers. Precision lost by an earlier step is not restored: setting an int4 layer back to
+8 or 32 keeps its int4-rounded values. Quantize last (after pruning, removal and
 subset_classes): those passes read float weights.
 """
 
