@@ -26,7 +26,7 @@ import math
 import re
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -352,7 +352,7 @@ class OnnxModule(nn.Module):
         producers = {o: n for n in self.all_nodes for o in n.outputs if o}
         derived = _input_derived(self.input_name, consumers)
         bn_stats = {
-            n.inputs[i] for n in self.all_nodes if n.op_type == "BatchNormalization" for i in (3, 4) if len(n.inputs) > i
+            x for n in self.all_nodes if n.op_type == "BatchNormalization" for x in n.inputs[3:5] if x
         }
 
         self.params = nn.ParameterDict()
@@ -404,7 +404,9 @@ class OnnxModule(nn.Module):
                 problems.append(f"op {n.op_type} with its {_SINGLE_OUTPUT[n.op_type]} output (node {n.name!r})")
         if problems:
             shown = ", ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
-            raise UnsupportedOpError(f"the PyTorch bridge does not support {shown}; fine-tuning needs every op in torch")
+            raise UnsupportedOpError(
+                f"the PyTorch bridge does not support {shown}; fine-tuning needs every op in torch"
+            )
 
     def _liveness(self) -> dict[int, tuple[str, ...]]:
         """Names that no later node reads, per node index: freed during a run to save memory."""
@@ -820,7 +822,11 @@ def _binary(node: NodeInfo, args: list[Any], ctx: _RunContext) -> list[Tensor]:
     return [_BINARY[node.op_type](a, _broadcast_legacy(node, a, b))]
 
 
-_VARIADIC: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"Sum": torch.add, "Max": torch.maximum, "Min": torch.minimum}
+_VARIADIC: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "Sum": torch.add,
+    "Max": torch.maximum,
+    "Min": torch.minimum,
+}
 
 
 @_op(*_VARIADIC)
@@ -926,7 +932,9 @@ def _batch_norm(node: NodeInfo, args: list[Any], ctx: _RunContext) -> list[Tenso
     return [F.batch_norm(x, mean, var, scale, bias, training=ctx.training, momentum=momentum, eps=eps)]
 
 
-def _pool_geometry(node: NodeInfo, x: Tensor, dilated: bool) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+def _pool_geometry(
+    node: NodeInfo, x: Tensor, dilated: bool
+) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
     """(kernel, strides, dilations, onnx pads, extra end padding) so that a plain floor-mode torch
     pool over the explicitly padded input yields exactly ONNX's output size (ceil_mode included)."""
     kernel = list(node.attr("kernel_shape"))

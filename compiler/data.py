@@ -485,5 +485,6 @@ def _read_image(file: Path, mode: str, spec: InputSpec) -> np.ndarray:
                 img = img.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"cannot read image {file}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot read image {file}: {reason}") from None
     return arr.reshape(spec.height, spec.width, spec.channels)

@@ -202,6 +202,10 @@ class KDLoss(nn.Module):
                         conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * std)
                     self.adapters[f"hint{i}"] = conv
 
+    def _adapter(self, pair_index: int) -> nn.Module | None:
+        key = f"hint{pair_index}"
+        return self.adapters[key] if key in self.adapters else None
+
     @property
     def student_taps(self) -> tuple[str, ...]:
         return tuple(p.student for p in self.pairs)
@@ -227,7 +231,8 @@ class KDLoss(nn.Module):
             )
         parts: list[tuple[str, float, Tensor]] = []
         if "hinton" in cfg.kinds:
-            parts.append(("hinton", cfg.alpha if labels is not None else 1.0, hinton_loss(student_logits, targets, cfg.temperature)))
+            weight = cfg.alpha if labels is not None else 1.0
+            parts.append(("hinton", weight, hinton_loss(student_logits, targets, cfg.temperature)))
         if labels is not None:
             ce_weight = 1.0 - cfg.alpha if "hinton" in cfg.kinds else 1.0
             if ce_weight > 0:
@@ -243,7 +248,7 @@ class KDLoss(nn.Module):
                 parts.append(("attention", cfg.beta, att))  # type: ignore[arg-type]
             if "hints" in cfg.kinds:
                 hint = sum(
-                    hint_loss(student_features[p.student], teacher_features[p.teacher], self.adapters[f"hint{i}"] if f"hint{i}" in self.adapters else None)
+                    hint_loss(student_features[p.student], teacher_features[p.teacher], self._adapter(i))
                     for i, p in enumerate(self.pairs)
                 )
                 parts.append(("hints", cfg.gamma, hint))  # type: ignore[arg-type]

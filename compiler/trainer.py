@@ -84,15 +84,19 @@ class FinetuneConfig:
         if self.optimizer not in ("sgd", "adamw"):
             raise UsageError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if not self.lr > 0 or (self.weight_decay is not None and self.weight_decay < 0) or not 0 <= self.momentum < 1:
-            raise UsageError(f"need lr > 0, weight_decay >= 0, 0 <= momentum < 1 (got {self.lr}, {self.weight_decay}, {self.momentum})")
+            raise UsageError(
+                f"need lr > 0, weight_decay >= 0, 0 <= momentum < 1 (got {self.lr}, {self.weight_decay}, {self.momentum})"
+            )
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise UsageError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
         if self.patience is not None and self.patience < 1:
             raise UsageError(f"patience must be >= 1 or None, got {self.patience}")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"threads must be >= 1 or None, got {self.threads}")
-        if (self.crop_padding is not None and self.crop_padding < 0) or self.bn_calibration_batches < 1 or self.eval_batch_size < 1:
-            raise UsageError("crop_padding must be >= 0, bn_calibration_batches and eval_batch_size >= 1")
+        if self.crop_padding is not None and self.crop_padding < 0:
+            raise UsageError(f"crop_padding must be >= 0 or None, got {self.crop_padding}")
+        if self.bn_calibration_batches < 1 or self.eval_batch_size < 1:
+            raise UsageError("bn_calibration_batches and eval_batch_size must be >= 1")
         if self.teacher_classes is not None and (
             not self.teacher_classes or len(set(self.teacher_classes)) != len(self.teacher_classes)
         ):
@@ -248,7 +252,8 @@ def _check_inputs(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dat
     t_spec = InputSpec.from_model(teacher)
     if (spec.layout, spec.sample_shape) != (t_spec.layout, t_spec.sample_shape):
         raise ModelError(
-            f"student input {spec.layout}{spec.sample_shape} differs from teacher input {t_spec.layout}{t_spec.sample_shape}"
+            f"student input {spec.layout}{spec.sample_shape} differs from teacher input "
+            f"{t_spec.layout}{t_spec.sample_shape}"
         )
     for label, data in (("training", train), ("validation", val)):
         if data is None:
@@ -404,7 +409,8 @@ def _train_epoch(run: _Run, train: Dataset, spec: InputSpec, config: FinetuneCon
             s_logits = run.student.logits(xt)  # type: ignore[assignment]
         loss, _ = run.loss(s_logits, t_logits, labels, s_feats, t_feats)
         if not torch.isfinite(loss):
-            raise UsageError(f"the loss became {float(loss.detach())} in epoch {run.epoch + 1}; lower the learning rate")
+            value = float(loss.detach())
+            raise UsageError(f"the loss became {value} in epoch {run.epoch + 1}; lower the learning rate")
         lr = lr_at(run.step, total_steps, warmup_steps, config.lr)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
@@ -457,7 +463,8 @@ def finetune(
             run.epoch += 1
             val_acc = accuracy(run.student, val, run.val_reference, config.eval_batch_size) if val is not None else None
             if val_acc is not None and (run.best_val is None or val_acc > run.best_val):
-                run.best_val, run.best_state, run.best_epoch, run.bad_epochs = val_acc, _clone_state(run.student), run.epoch, 0
+                run.best_val, run.best_state = val_acc, _clone_state(run.student)
+                run.best_epoch, run.bad_epochs = run.epoch, 0
             elif val_acc is not None:
                 run.bad_epochs += 1
                 run.stopped = config.patience is not None and run.bad_epochs >= config.patience

@@ -157,7 +157,8 @@ def test_resume_after_interruption_gives_same_weights(teacher: onnx.ModelProto, 
 
 def test_checkpoint_for_other_settings_is_ignored(teacher: onnx.ModelProto, tmp_path: Path) -> None:
     student = tiny_cnn(width=4, seed=2)
-    finetune(student, teacher, TRAIN, None, dataclasses.replace(FAST, epochs=1), checkpoint_dir=tmp_path, progress=False)
+    first = dataclasses.replace(FAST, epochs=1)
+    finetune(student, teacher, TRAIN, None, first, checkpoint_dir=tmp_path, progress=False)
     other = dataclasses.replace(FAST, epochs=1, lr=0.02)
     with pytest.warns(UserWarning, match="starting over"):
         got, _ = finetune(student, teacher, TRAIN, None, other, checkpoint_dir=tmp_path, progress=False)
