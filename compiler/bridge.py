@@ -557,8 +557,10 @@ class OnnxModule(nn.Module):
             bn = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1](len(mean), eps=eps)
             bn.running_mean.copy_(mean.float())
             bn.running_var.copy_(var.float())
-            bn.weight.copy_(torch.sqrt(var + eps).float())
-            bn.bias.copy_(mean.float())
+            # float32 arithmetic, exactly as the fold in float_values computes the scale, so
+            # that an untrained fold-back scales by exactly 1.0 and reproduces the weights.
+            bn.weight.copy_(torch.sqrt(bn.running_var + eps))
+            bn.bias.copy_(bn.running_mean)
             key = _safe_key(conv.name, taken)
             self.inserted_bn[key] = bn
             self._bn_after[y] = key
@@ -576,8 +578,9 @@ class OnnxModule(nn.Module):
             bn = self.inserted_bn[f.key]
             w = self.initializer(f.weight).detach().double()
             b = self.initializer(f.bias).detach().double()
-            # Folded in float64 so that an untrained round trip reproduces the float32 weights.
-            s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+            # The scale in float32 (exactly 1.0 before training, see reinsert_folded_bn), the rest
+            # in float64 so that (b - mean) + mean gives b back: an untrained round trip is exact.
+            s = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).double()
             w_new = w * s.reshape((-1,) + (1,) * (w.dim() - 1))
             b_new = (b - bn.running_mean.double()) * s + bn.bias.double()
             out[f.weight] = w_new.numpy()
