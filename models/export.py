@@ -54,14 +54,35 @@ def to_onnx(
     metadata: Mapping[str, str] | None = None,
 ) -> onnx.ModelProto:
     """The in-memory ONNX model that `export_onnx` writes."""
-    prepared = fold_batchnorm(module) if fold_bn else copy.deepcopy(module).eval()
+    reference = copy.deepcopy(module).eval()
+    prepared = fold_batchnorm(reference) if fold_bn else reference
     model = _torchscript_export(prepared, input_shape, fold_bn, opset)
     _fold_constants(model)
     if metadata:
         onnx.helper.set_model_props(model, dict(metadata))
     onnx.checker.check_model(model, full_check=True)
-    verify_against_torch(model, prepared, input_shape)
+    # Against the unfolded module, so that a wrong fold is caught too.
+    verify_against_torch(model, reference, input_shape)
     return model
+
+
+def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
+    """Writes to a temporary file beside `path`, then renames, so that a reader (or a concurrent
+    benchmark sharing a cache) never sees a half-written model."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+        # mkstemp creates the file owner-only (0600); give it the mode any new file would get.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
@@ -74,7 +95,12 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
         # BN called from a custom forward (torchvision style `self.bn1(self.conv1(x))`): only a
         # trace shows which conv feeds it. The traced copy loses the module hierarchy in its node
         # names, which is why nn.Sequential pairs are folded in place first.
-        folded = fx_fuse_conv_bn(folded)
+        try:
+            folded = fx_fuse_conv_bn(folded)
+        except torch.fx.proxy.TraceError as error:
+            raise ValueError(
+                f"cannot fold BatchNorm: the module is not traceable ({error}); export with fold_bn=False"
+            ) from error
     left = _batchnorms(folded)
     if left:
         raise ValueError(
@@ -105,12 +131,12 @@ def _batchnorms(module: nn.Module) -> list[str]:
 
 
 def verify_against_torch(model: onnx.ModelProto, module: nn.Module, input_shape: tuple[int, ...]) -> None:
-    """Raises RuntimeError unless onnxruntime reproduces `module` on a random batch of two (two so
-    that the symbolic batch dimension is exercised)."""
+    """Raises RuntimeError unless onnxruntime reproduces `module` (in its current mode: eval for
+    inference) on a random batch of two (two so that the symbolic batch dimension is exercised)."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn((2, *input_shape[1:]), generator=generator)
     with torch.no_grad():
-        expected = module.eval()(x).numpy()
+        expected = module(x).numpy()
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     actual = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
     scale = max(float(np.abs(expected).max()), 1e-12)
@@ -146,6 +172,12 @@ def _torchscript_export(module: nn.Module, input_shape: tuple[int, ...], fold_bn
         return onnx.load(str(target))
 
 
+# Ops without inputs that are not constants: folding them would freeze one random draw.
+_RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
+
+
 def _fold_constants(model: onnx.ModelProto) -> None:
     """Replaces every node whose inputs are all constant by initializers holding its outputs.
 
@@ -160,7 +192,8 @@ def _fold_constants(model: onnx.ModelProto) -> None:
     kept = []
     for node in graph.node:  # the exporter emits nodes in topological order
         inputs = [name for name in node.input if name]
-        if node.domain not in ("", "ai.onnx") or not all(name in constants for name in inputs):
+        foldable = node.domain in ("", "ai.onnx") and node.op_type not in _RANDOM_OPS
+        if not foldable or not all(name in constants for name in inputs):
             kept.append(node)
             continue
         for name, value in zip(node.output, _evaluate_node(node, constants, opsets), strict=True):
@@ -186,18 +219,3 @@ def _evaluate_node(
     )
     evaluator = ReferenceEvaluator(onnx.helper.make_model(graph, opset_imports=opsets))
     return evaluator.run(None, {name: constants[name] for name in inputs})
-
-
-def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
-    """Writes to a temporary file beside `path`, then renames, so that a reader (or a concurrent
-    benchmark sharing a cache) never sees a half-written model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -3,7 +3,7 @@
     python -m onnxcompress.models.make_demo_data --source ../shared/realdata/data
 
 reads fashion_mnist_{train,test}.npz from the source folder and writes
-models/data/fashion_mnist_demo_{train,test}.npz (x uint8 (N,28,28), y int64): 600 training and
+models/data/fashion_mnist_demo_{train,test}.npz (x uint8 (N,28,28), y int64): 500 training and
 200 test images per class, drawn without replacement with a fixed seed and kept in their original
 order. Same source + same seed = byte-identical arrays.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-TRAIN_PER_CLASS = 600
+TRAIN_PER_CLASS = 500
 TEST_PER_CLASS = 200
 SEED = 0
 
@@ -49,8 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rng = np.random.default_rng(SEED)  # one generator, train then test: the order is part of the recipe
     args.output.mkdir(parents=True, exist_ok=True)
-    write_slice(args.source / "fashion_mnist_train.npz", args.output / "fashion_mnist_demo_train.npz", TRAIN_PER_CLASS, rng)
-    write_slice(args.source / "fashion_mnist_test.npz", args.output / "fashion_mnist_demo_test.npz", TEST_PER_CLASS, rng)
+    for split, per_class in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
+        target = args.output / f"fashion_mnist_demo_{split}.npz"
+        write_slice(args.source / f"fashion_mnist_{split}.npz", target, per_class, rng)
     return 0
 
 

@@ -96,9 +96,8 @@ def test_training_is_deterministic_and_records_preprocessing(tiny_fashion, tmp_p
     assert props["onnxcompress.layout"] == "NCHW"
     assert props["onnxcompress.arch"] == "demo_cnn" and props["onnxcompress.seed"] == "5"
 
-    other_seed = train_teacher(
-        TrainConfig(arch="demo_cnn", epochs=1, seed=6, batch_size=64), *tiny_fashion, tmp_path / "c.onnx", progress=False
-    )
+    other_config = TrainConfig(arch="demo_cnn", epochs=1, seed=6, batch_size=64)
+    other_seed = train_teacher(other_config, *tiny_fashion, tmp_path / "c.onnx", progress=False)
     wc = _weights(other_seed.path)
     assert any(not np.array_equal(wa[k], wc[k]) for k in wa)
 
@@ -142,8 +141,8 @@ def test_cli_trains_and_reports(tiny_fashion, tmp_path, capsys) -> None:
 def test_cli_reports_bad_input_on_one_line(tmp_path, capsys) -> None:
     bad = tmp_path / "labels_only.npz"
     np.savez(bad, y=np.arange(3))
-    argv = ["--arch", "demo_cnn", "--data", str(bad), "--val-data", str(bad), "--epochs", "1", "-o", str(tmp_path / "x.onnx")]
-    assert train.main(argv) == 2
+    argv = ["--arch", "demo_cnn", "--data", str(bad), "--val-data", str(bad), "--epochs", "1"]
+    assert train.main([*argv, "-o", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
 

@@ -3,6 +3,9 @@ export (BN folded or kept) passes the checker and reproduces PyTorch in onnxrunt
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -82,6 +85,15 @@ def test_export_leaves_the_module_untouched() -> None:
     to_onnx(module, CIFAR, fold_bn=True)
     assert module.training
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_export_writes_an_ordinary_file_atomically(tmp_path) -> None:
+    path = tmp_path / "teacher.onnx"
+    export_onnx(build("demo_cnn", 10, 1, 28), path, input_shape=FASHION)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["teacher.onnx"], "no temporary file left behind"
 
 
 def test_export_writes_metadata() -> None:
