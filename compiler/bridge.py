@@ -322,9 +322,7 @@ class OnnxModule(nn.Module):
             raise ModelError("the model has no outputs")
 
         arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        self._float_dtypes = {
-            t.name: numpy_helper.to_array(t).dtype for t in graph.initializer if t.data_type in _FLOAT_TYPES
-        }
+        self._float_dtypes = {t.name: arrays[t.name].dtype for t in graph.initializer if t.data_type in _FLOAT_TYPES}
         order = _toposort(graph.node, set(arrays) | {self.input_name})
         nodes: list[NodeInfo] = []
         for pos, i in enumerate(order):
@@ -382,6 +380,7 @@ class OnnxModule(nn.Module):
                 self.consts.register_buffer(key, tensor, persistent=False)
             self._slots[name] = _Slot(kind, key)
 
+        self.onnx_names = {key: name for name, key in self.param_names.items()}  # safe key -> onnx name
         self.logits_name, self.ends_in_softmax = _find_logits(self.nodes, self.output_names[0])
         self._free_after = self._liveness()
         self._known = frozenset(self.tensor_names()) | frozenset(self._slots)

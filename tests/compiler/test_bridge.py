@@ -511,6 +511,7 @@ def test_parameter_names_are_safe_and_mapped() -> None:
     assert set(module.param_names) == {f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc") for kind in ("weight", "bias")}
     for onnx_name, key in module.param_names.items():
         assert "." not in key and module.params[key] is module.initializer(onnx_name)
+        assert module.onnx_names[key] == onnx_name
 
 
 def test_write_back_after_training_step_matches_onnxruntime() -> None:
