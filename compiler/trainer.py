@@ -105,11 +105,15 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class EpochStats:
+    """One epoch. train_accuracy is measured on the (augmented) training batches as they were
+    trained on; `train_seconds` is the training pass alone, `seconds` adds validation."""
+
     epoch: int
     train_loss: float
     train_accuracy: float
     val_accuracy: float | None
     lr: float
+    train_seconds: float
     seconds: float
 
 
@@ -460,6 +464,7 @@ def finetune(
         while run.epoch < config.epochs and not run.stopped:
             e0 = time.perf_counter()
             loss, acc, lr = _train_epoch(run, train, spec, config, steps_per_epoch, progress)
+            train_s = time.perf_counter() - e0
             run.epoch += 1
             val_acc = accuracy(run.student, val, run.val_reference, config.eval_batch_size) if val is not None else None
             if val_acc is not None and (run.best_val is None or val_acc > run.best_val):
@@ -468,7 +473,8 @@ def finetune(
             elif val_acc is not None:
                 run.bad_epochs += 1
                 run.stopped = config.patience is not None and run.bad_epochs >= config.patience
-            run.history.append(asdict(EpochStats(run.epoch, loss, acc, val_acc, lr, time.perf_counter() - e0)))
+            stats = EpochStats(run.epoch, loss, acc, val_acc, lr, train_s, time.perf_counter() - e0)
+            run.history.append(asdict(stats))
             if ckpt_path is not None:
                 _save_checkpoint(ckpt_path, run.payload(fingerprint, run.wall_before + time.perf_counter() - t0))
         if run.best_state is not None:
