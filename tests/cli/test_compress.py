@@ -1,0 +1,78 @@
+"""`onnxcompress compress` end to end on a tiny teacher (seconds, not minutes): the student is a
+valid model within the target, and the report describes it correctly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxcompress.compiler.cost import model_cost
+from onnxcompress.compiler.runtime import make_session
+from tests.builders import resnet_like
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    d = tmp_path_factory.mktemp("compress")
+    teacher = resnet_like(width=16, blocks=2)
+    (d / "teacher.onnx").write_bytes(teacher.SerializeToString())
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (600, 8, 8, 3), dtype=np.uint8)
+    s = make_session(teacher)
+    logits = s.run(None, {"x": (x.astype(np.float32) / 255.0).transpose(0, 3, 1, 2)})[0]
+    np.savez(d / "train.npz", x=x, y=logits.argmax(1))  # labels the teacher gets right
+    return d
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "onnxcompress", *args], capture_output=True, text=True, timeout=900)
+
+
+def test_compress_writes_student_and_report(job):
+    out, rep = job / "student.onnx", job / "report.json"
+    r = cli(str(job / "teacher.onnx"), "--data", str(job / "train.npz"), "--target", "macs=0.5", "--agent", "uniform",
+            "--episodes", "4", "--finetune-epochs", "1", "-o", str(out), "--report", str(rep), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    student = onnx.load(str(out))
+    onnx.checker.check_model(student)
+    doc = json.loads(rep.read_text())
+    cost = model_cost(student)
+    assert doc["student"]["macs"] == cost.macs and doc["student"]["params"] == cost.params
+    assert doc["student"]["size_bytes"] == student.ByteSize()
+    assert doc["student"]["macs"] <= 0.5 * doc["teacher"]["macs"]
+    for key in ("teacher", "student", "plan", "search", "finetune", "pareto", "target", "seed"):
+        assert key in doc
+    assert set(doc["search"]) >= {"agent", "episodes", "evaluations", "wall_s"} and doc["finetune"]["epochs"] == 1
+    assert doc["plan"]["passes"] and doc["target"] == {"macs": 0.5}
+    png = rep.with_suffix(".png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "| teacher |" in rep.with_suffix(".md").read_text()
+    assert "teacher" in r.stdout and "student" in r.stdout  # the summary table
+    assert not list(job.glob("*.checkpoint"))  # cleaned up after success
+
+
+def test_compress_class_subset(job):
+    out = job / "sub.onnx"
+    present = np.flatnonzero(np.bincount(np.load(job / "train.npz")["y"], minlength=10))[::-1][:3]  # labels the data has
+    classes = ",".join(str(c) for c in present)
+    r = cli(str(job / "teacher.onnx"), "--data", str(job / "train.npz"), "--target", "macs=0.6", "--agent", "uniform",
+            "--episodes", "3", "--finetune-epochs", "1", "--classes", classes, "-o", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = make_session(onnx.load(str(out)))
+    y = s.run(None, {s.get_inputs()[0].name: np.zeros((2, 3, 8, 8), np.float32)})[0]
+    assert y.shape == (2, len(present))
+
+
+def test_replaying_the_reported_plan_gives_the_same_architecture(job):
+    doc = json.loads((job / "report.json").read_text())
+    plan = job / "plan.json"
+    plan.write_text(json.dumps(doc["plan"]))
+    out = job / "replayed.onnx"
+    r = cli("apply", str(job / "teacher.onnx"), str(plan), "-o", str(out), "--data", str(job / "train.npz"))
+    assert r.returncode == 0, r.stderr
+    assert model_cost(onnx.load(str(out))).macs == doc["student"]["macs"]
