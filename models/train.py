@@ -10,8 +10,9 @@ records them in metadata_props ("onnxcompress.scale", ".mean", ".std", ".layout"
 whoever compresses the teacher preprocesses its data the same way.
 
 Recipe: SGD with Nesterov momentum, linear warm-up then cosine decay per step, weight decay 5e-4,
-random-shift crops (plus horizontal flips for colour images; digits and garments are not
-mirror-symmetric classes in general). The same seed on the same machine gives the same ONNX.
+random-shift crops, plus horizontal flips for colour images as in the standard CIFAR recipe
+(grey images get shifts only: a mirrored digit is not a digit). The same seed and thread count on the same machine give
+the same ONNX (the thread count changes the order of float sums).
 `cached_teacher` trains once per (arch, dataset, epochs, seed) and reuses the ONNX afterwards.
 """
 
@@ -217,24 +218,24 @@ def train_teacher(
     progress: bool = True,
 ) -> TrainResult:
     """Trains `config.arch` on `data`, exports it with BN folded and preprocessing metadata to
-    `output`, and measures its accuracy on `val_data` in onnxruntime."""
+    `output`, and measures its accuracy on `val_data` in onnxruntime. Uses `threads` torch threads
+    (default: every core this process may run on) and leaves the caller's thread count and global
+    random state as they were."""
     start = time.perf_counter()
-    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
-    train, val = load_images(data), load_images(val_data)
-    if val.image_shape != train.image_shape:
-        raise ValueError(f"{val_data}: images {val.image_shape} differ from the training images {train.image_shape}")
-    num_classes = int(train.y.max()) + 1
-    if int(val.y.max()) >= num_classes:
-        raise ValueError(f"{val_data}: label {int(val.y.max())} never occurs in {data} ({num_classes} classes)")
+    train, val = _load_task(data, val_data)
     prep = preprocessing_for(data, train)
-    channels, height, _ = train.image_shape
-
-    torch.manual_seed(config.seed)  # the model's initial weights come from the global generator
-    model = build(config.arch, num_classes, channels, height)
-    fit(model, train, prep, config, progress)
-
-    exported = to_onnx(model, (1, *train.image_shape), fold_bn=True)
-    accuracy = onnx_accuracy(exported, val, prep)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # initial weights come from the global generator
+            channels, height, _ = train.image_shape
+            model = build(config.arch, int(train.y.max()) + 1, channels, height)
+        fit(model, train, prep, config, progress)
+        exported = to_onnx(model, (1, *train.image_shape), fold_bn=True)
+        accuracy = onnx_accuracy(exported, val, prep)
+    finally:
+        torch.set_num_threads(previous_threads)
     metadata = {
         **prep.metadata(),
         f"{METADATA_PREFIX}arch": config.arch,
@@ -248,6 +249,17 @@ def train_teacher(
     onnx.helper.set_model_props(exported, metadata)
     save_onnx(exported, output)
     return TrainResult(Path(output), accuracy, time.perf_counter() - start)
+
+
+def _load_task(data: str | os.PathLike[str], val_data: str | os.PathLike[str]) -> tuple[ImageSet, ImageSet]:
+    """Training and validation images, checked to describe the same task."""
+    train, val = load_images(data), load_images(val_data)
+    if val.image_shape != train.image_shape:
+        raise ValueError(f"{val_data}: images {val.image_shape} differ from the training images {train.image_shape}")
+    num_classes = int(train.y.max()) + 1
+    if int(val.y.max()) >= num_classes:
+        raise ValueError(f"{val_data}: label {int(val.y.max())} never occurs in {data} ({num_classes} classes)")
+    return train, val
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,10 +26,10 @@ from onnxcompress.models.train import (
 
 @pytest.fixture(scope="module")
 def tiny_fashion(tmp_path_factory) -> tuple[Path, Path]:
-    """256 training and 200 test images of the demo slice, under fashion_mnist names."""
+    """128 training and 200 test images of the demo slice, under fashion_mnist names."""
     folder = tmp_path_factory.mktemp("tiny")
     paths = []
-    for source, n, name in zip(demo_data_paths(), (256, 200), ("train", "test"), strict=True):
+    for source, n, name in zip(demo_data_paths(), (128, 200), ("train", "test"), strict=True):
         with np.load(source) as data:
             target = folder / f"fashion_mnist_tiny_{name}.npz"
             np.savez(target, x=data["x"][:n], y=data["y"][:n])
@@ -43,7 +43,7 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
 
 def test_load_images_makes_nchw(tiny_fashion, tmp_path) -> None:
     grey = load_images(tiny_fashion[0])
-    assert grey.x.dtype == torch.uint8 and grey.image_shape == (1, 28, 28) and len(grey) == 256
+    assert grey.x.dtype == torch.uint8 and grey.image_shape == (1, 28, 28) and len(grey) == 128
     rgb_path = tmp_path / "rgb.npz"
     np.savez(rgb_path, x=np.zeros((4, 32, 32, 3), np.uint8), y=np.arange(4))
     assert load_images(rgb_path).image_shape == (3, 32, 32)
@@ -79,9 +79,11 @@ def test_random_crop_flip() -> None:
 
 
 def test_training_is_deterministic_and_records_preprocessing(tiny_fashion, tmp_path) -> None:
-    config = TrainConfig(arch="demo_cnn", epochs=1, seed=5, batch_size=64)
-    first = train_teacher(config, *tiny_fashion, tmp_path / "a.onnx", progress=False)
-    second = train_teacher(config, *tiny_fashion, tmp_path / "b.onnx", progress=False)
+    config = TrainConfig(arch="demo_cnn", epochs=1, seed=5, batch_size=32)
+    threads, rng_state = torch.get_num_threads(), torch.random.get_rng_state()
+    first = train_teacher(config, *tiny_fashion, tmp_path / "a.onnx", threads=1, progress=False)
+    assert torch.get_num_threads() == threads and torch.equal(torch.random.get_rng_state(), rng_state)
+    second = train_teacher(config, *tiny_fashion, tmp_path / "b.onnx", threads=1, progress=False)
     wa, wb = _weights(first.path), _weights(second.path)
     assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
     assert first.accuracy == second.accuracy and 0.0 <= first.accuracy <= 1.0
@@ -96,8 +98,8 @@ def test_training_is_deterministic_and_records_preprocessing(tiny_fashion, tmp_p
     assert props["onnxcompress.layout"] == "NCHW"
     assert props["onnxcompress.arch"] == "demo_cnn" and props["onnxcompress.seed"] == "5"
 
-    other_config = TrainConfig(arch="demo_cnn", epochs=1, seed=6, batch_size=64)
-    other_seed = train_teacher(other_config, *tiny_fashion, tmp_path / "c.onnx", progress=False)
+    other_config = TrainConfig(arch="demo_cnn", epochs=1, seed=6, batch_size=32)
+    other_seed = train_teacher(other_config, *tiny_fashion, tmp_path / "c.onnx", threads=1, progress=False)
     wc = _weights(other_seed.path)
     assert any(not np.array_equal(wa[k], wc[k]) for k in wa)
 
@@ -134,7 +136,7 @@ def test_config_is_validated() -> None:
 def test_cli_trains_and_reports(tiny_fashion, tmp_path, capsys) -> None:
     out = tmp_path / "cli.onnx"
     argv = ["--arch", "demo_cnn", "--data", str(tiny_fashion[0]), "--val-data", str(tiny_fashion[1])]
-    assert train.main([*argv, "--epochs", "1", "--batch-size", "64", "-o", str(out)]) == 0
+    assert train.main([*argv, "--epochs", "1", "--batch-size", "32", "-o", str(out)]) == 0
     assert out.exists() and "test accuracy" in capsys.readouterr().out
 
 
