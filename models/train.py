@@ -11,8 +11,8 @@ whoever compresses the teacher preprocesses its data the same way.
 
 Recipe: SGD with Nesterov momentum, linear warm-up then cosine decay per step, weight decay 5e-4,
 random-shift crops, plus horizontal flips for colour images as in the standard CIFAR recipe
-(grey images get shifts only: a mirrored digit is not a digit). The same seed and thread count on the same machine give
-the same ONNX (the thread count changes the order of float sums).
+(grey images get shifts only: a mirrored digit is not a digit). The same seed and thread count
+on the same machine give the same ONNX (the thread count changes the order of float sums).
 `cached_teacher` trains once per (arch, dataset, epochs, seed) and reuses the ONNX afterwards.
 """
 
