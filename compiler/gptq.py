@@ -11,6 +11,9 @@ quantizer has no int4 path for Conv weights, so this is written here (numpy).
 
 Per-channel symmetric scales (max |w| / 7) are fixed first; GPTQ chooses the integers. Columns
 are visited in decreasing order of H's diagonal ("act order"), with 1% dampening.
+
+The same pass over the calibration data also yields the mean layer input, for bias correction
+of int8 and int4 layers (`bias_shift`).
 """
 
 from __future__ import annotations
@@ -71,50 +74,93 @@ def _conv_pads(node: gs.Node, in_hw: tuple[int, int], kernel: tuple[int, int]) -
     return p[0], p[1], p[2], p[3]
 
 
-class HessianAccumulator:
-    """Accumulates H = X^T X of one layer's inputs over calibration batches."""
+class LayerInputs:
+    """Statistics of one layer's inputs over calibration batches, from one pass of the float
+    model: H = X^T X of the im2col rows (for GPTQ) and the mean im2col row, of the float input
+    and of the input as the quantized model sees it (fake-quantized by `input_quant`, for bias
+    correction)."""
 
-    def __init__(self, node: gs.Node, seed: int = 0) -> None:
+    def __init__(self, node: gs.Node, hessian: bool, input_quant: tuple[float, int] | None = None, seed: int = 0) -> None:
         self.node = node
         w = np.asarray(node.inputs[1].values)
         self._kernel = (int(w.shape[2]), int(w.shape[3])) if node.op == "Conv" else (0, 0)
         k = int(np.prod(w.shape[1:])) if node.op == "Conv" else weight_rows(node, w).shape[1]
-        self.matrix = np.zeros((k, k), dtype=np.float64)
+        self.hessian = np.zeros((k, k), dtype=np.float64) if hessian else None
+        self._sum = np.zeros(k, dtype=np.float64)
+        self._sum_quant = np.zeros(k, dtype=np.float64)
         self.rows = 0
+        self._input_quant = input_quant
         self._max_rows = max(_MIN_ROWS_PER_BATCH, _ROWS_PER_INPUT * k)
         self._rng = np.random.default_rng(seed)
 
-    def _columns(self, x: np.ndarray) -> np.ndarray:
-        """Rows of the layer's im2col matrix (a seeded sample of them): only the
+    @property
+    def mean(self) -> np.ndarray:
+        return self._sum / max(self.rows, 1)
+
+    @property
+    def mean_quantized(self) -> np.ndarray:
+        return self._sum_quant / max(self.rows, 1)
+
+    def _pick(self, total: int) -> np.ndarray:
+        if total <= self._max_rows:
+            return np.arange(total)
+        return np.sort(self._rng.choice(total, self._max_rows, replace=False))
+
+    def _columns(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        """The same sampled rows of the layer's im2col matrix for each array in `xs`: only the
         sampled output positions are gathered, so this never builds the full im2col."""
-        x = np.asarray(x, dtype=np.float32)
+        x0 = xs[0]
         if self.node.op != "Conv":
-            rows = x.reshape(-1, x.shape[-1])
-            if rows.shape[0] > self._max_rows:
-                rows = rows[np.sort(self._rng.choice(rows.shape[0], self._max_rows, replace=False))]
-            return rows
+            flat = [x.reshape(-1, x.shape[-1]) for x in xs]
+            pick = self._pick(flat[0].shape[0])
+            return [f[pick] for f in flat]
         kh, kw = self._kernel
         sh, sw = (int(v) for v in self.node.attrs.get("strides", [1, 1]))
         dh, dw = (int(v) for v in self.node.attrs.get("dilations", [1, 1]))
-        top, left, bottom, right = _conv_pads(self.node, (x.shape[2], x.shape[3]), self._kernel)
-        xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-        out_h = (xp.shape[2] - (kh - 1) * dh - 1) // sh + 1
-        out_w = (xp.shape[3] - (kw - 1) * dw - 1) // sw + 1
-        total = x.shape[0] * out_h * out_w
-        pick = np.arange(total) if total <= self._max_rows else np.sort(self._rng.choice(total, self._max_rows, replace=False))
+        top, left, bottom, right = _conv_pads(self.node, (x0.shape[2], x0.shape[3]), self._kernel)
+        out_h = (x0.shape[2] + top + bottom - (kh - 1) * dh - 1) // sh + 1
+        out_w = (x0.shape[3] + left + right - (kw - 1) * dw - 1) // sw + 1
+        pick = self._pick(x0.shape[0] * out_h * out_w)
         n, rest = np.divmod(pick, out_h * out_w)
         oy, ox = np.divmod(rest, out_w)
-        # (rows, C, kh, kw): the same column order as the weight's (C, kh, kw) after reshape
-        patches = np.empty((len(pick), x.shape[1], kh, kw), dtype=np.float32)
-        for ky in range(kh):
-            for kx in range(kw):
-                patches[:, :, ky, kx] = xp[n, :, oy * sh + ky * dh, ox * sw + kx * dw]
-        return patches.reshape(len(pick), -1)
+        out = []
+        for x in xs:
+            xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+            # (rows, C, kh, kw): the same column order as the weight's (C, kh, kw) after reshape
+            patches = np.empty((len(pick), x.shape[1], kh, kw), dtype=np.float32)
+            for ky in range(kh):
+                for kx in range(kw):
+                    patches[:, :, ky, kx] = xp[n, :, oy * sh + ky * dh, ox * sw + kx * dw]
+            out.append(patches.reshape(len(pick), -1))
+        return out
 
     def add(self, x: np.ndarray) -> None:
-        cols = self._columns(x)
-        self.matrix += (cols.T @ cols).astype(np.float64)  # fp32 product per batch, fp64 sum
-        self.rows += int(cols.shape[0])
+        x = np.asarray(x, dtype=np.float32)
+        xs = [x]
+        if self._input_quant is not None:
+            scale, zp = self._input_quant
+            xs.append(((np.clip(np.round(x / scale) + zp, 0, 255) - zp) * scale).astype(np.float32))
+        cols = self._columns(xs)
+        if self.hessian is not None:
+            self.hessian += (cols[0].T @ cols[0]).astype(np.float64)  # fp32 product per batch, fp64 sum
+        self._sum += cols[0].sum(axis=0, dtype=np.float64)
+        self._sum_quant += cols[-1].sum(axis=0, dtype=np.float64)
+        self.rows += int(cols[0].shape[0])
+
+
+def supports_statistics(node: gs.Node) -> bool:
+    """Layers whose inputs `LayerInputs` can turn into im2col rows (= GPTQ's layers)."""
+    return supports(node)
+
+
+def bias_shift(rows: np.ndarray, quantized_rows: np.ndarray, inputs: LayerInputs) -> np.ndarray:
+    """Per output channel, how much the quantized layer's mean output falls short of the float
+    layer's on the calibration data (to be added to the bias): W m - W_q m_q, with m the mean
+    im2col row of the float input and m_q that of the input the quantized model sees. This is
+    bias correction (Nagel et al., 2019, "Data-Free Quantization"; NNCF's fast bias correction
+    computes the same from layer outputs): rounding errors that do not average to zero over a
+    channel's inputs shift its output, and the next layers see that shift."""
+    return rows.astype(np.float64) @ inputs.mean - quantized_rows.astype(np.float64) @ inputs.mean_quantized
 
 
 def gptq_round(rows: np.ndarray, hessian: np.ndarray, scale: np.ndarray, qmax: int, damp: float = 0.01, block: int = 128) -> np.ndarray:

@@ -130,14 +130,40 @@ def _time_ms(session, feed: dict[str, np.ndarray], runs: int) -> float:  # noqa:
     return best * 1000.0
 
 
-def paired_latency(base: onnx.ModelProto, variants: Sequence[onnx.ModelProto], sample: np.ndarray, rounds: int = 9) -> tuple[Latency, list[Latency]]:
-    """Latency of `base` and of each variant, measured in pairs: every round times the base
-    right before each variant, and a variant's latency is the median over rounds of its ratio to
-    that base run, times the base's median. On a shared 2-core machine load drifts within
-    seconds; pairing cancels the drift that block-wise timing (all runs of one model, then the
-    next) turns into differences of several percent between identical models. Each turn keeps
-    the fastest of its runs (5 at batch 1, 3 at batch 32): a run that another process
-    preempted is slower, never faster."""
+@dataclass(frozen=True)
+class PairedTimes:
+    """Raw timings of `paired_latency` (ms): per round, the base's time right before each
+    variant's, at batch 1 and batch 32. `fastest` keeps the quickest turn of every model."""
+
+    base1: tuple[tuple[float, ...], ...]  # [variant][round]
+    base32: tuple[tuple[float, ...], ...]
+    variant1: tuple[tuple[float, ...], ...]
+    variant32: tuple[tuple[float, ...], ...]
+
+    def medians(self) -> tuple[Latency, list[Latency]]:
+        """Base median, and per variant the median over rounds of its ratio to the base run
+        just before it, times the base median."""
+        m1 = float(np.median([t for row in self.base1 for t in row]))
+        m32 = float(np.median([t for row in self.base32 for t in row]))
+        out = []
+        for b1, b32, v1, v32 in zip(self.base1, self.base32, self.variant1, self.variant32):
+            r1 = float(np.median(np.asarray(v1) / np.asarray(b1)))
+            r32 = float(np.median(np.asarray(v32) / np.asarray(b32)))
+            out.append(Latency(m1 * r1, m32 * r32))
+        return Latency(m1, m32), out
+
+    def fastest(self) -> tuple[Latency, list[Latency]]:
+        """Quickest observed turn of the base and of each variant (the least disturbed runs)."""
+        base = Latency(min(min(r) for r in self.base1), min(min(r) for r in self.base32))
+        return base, [Latency(min(v1), min(v32)) for v1, v32 in zip(self.variant1, self.variant32)]
+
+
+def paired_times(base: onnx.ModelProto, variants: Sequence[onnx.ModelProto], sample: np.ndarray, rounds: int = 9) -> PairedTimes:
+    """Times `base` and each variant in pairs: every round times the base right before each
+    variant. On a shared 2-core machine load drifts within seconds; pairing cancels the drift
+    that block-wise timing (all runs of one model, then the next) turns into differences of
+    several percent between identical models. Each turn keeps the fastest of its runs (5 at
+    batch 1, 3 at batch 32): a run that another process preempted is slower, never faster."""
     sessions = [make_session(m) for m in [base, *variants]]
     name = sessions[0].get_inputs()[0].name
     one = {name: np.ascontiguousarray(sample[:1], dtype=np.float32)}
@@ -146,22 +172,27 @@ def paired_latency(base: onnx.ModelProto, variants: Sequence[onnx.ModelProto], s
     for s in sessions:  # warm-up: allocations, prepacking
         s.run(None, b32)
         s.run(None, one)
-    base1: list[float] = []
-    base32: list[float] = []
-    ratios = [([], []) for _ in variants]  # type: list[tuple[list[float], list[float]]]
+    n = max(1, len(variants))
+    base1: list[list[float]] = [[] for _ in range(n)]
+    base32: list[list[float]] = [[] for _ in range(n)]
+    var1: list[list[float]] = [[] for _ in variants]
+    var32: list[list[float]] = [[] for _ in variants]
     for _ in range(rounds):
-        for i, s in enumerate(sessions[1:]):
-            r1, r32 = _time_ms(sessions[0], one, 5), _time_ms(sessions[0], b32, 3)
-            base1.append(r1)
-            base32.append(r32)
-            ratios[i][0].append(_time_ms(s, one, 5) / r1)
-            ratios[i][1].append(_time_ms(s, b32, 3) / r32)
-    if not variants:
-        for _ in range(rounds):
-            base1.append(_time_ms(sessions[0], one, 5))
-            base32.append(_time_ms(sessions[0], b32, 3))
-    m1, m32 = float(np.median(base1)), float(np.median(base32))
-    return Latency(m1, m32), [Latency(m1 * float(np.median(a)), m32 * float(np.median(b))) for a, b in ratios]
+        for i in range(n):
+            base1[i].append(_time_ms(sessions[0], one, 5))
+            base32[i].append(_time_ms(sessions[0], b32, 3))
+            if variants:
+                var1[i].append(_time_ms(sessions[i + 1], one, 5))
+                var32[i].append(_time_ms(sessions[i + 1], b32, 3))
+    as_tuple = lambda rows: tuple(tuple(r) for r in rows)  # noqa: E731
+    return PairedTimes(as_tuple(base1), as_tuple(base32), as_tuple(var1), as_tuple(var32))
+
+
+def paired_latency(base: onnx.ModelProto, variants: Sequence[onnx.ModelProto], sample: np.ndarray, rounds: int = 9) -> tuple[Latency, list[Latency]]:
+    """Latency of `base` and of each variant (`paired_times`, then `PairedTimes.medians`): a
+    variant's latency is the median of its ratios to the base run just before it, times the
+    base's median. Compare ratios; absolute times on this machine mean little."""
+    return paired_times(base, variants, sample, rounds).medians()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -381,3 +381,58 @@ def test_resnet8_int8_top1_within_two_points():
     assert top1["fp32"] > 0.6
     assert abs(top1["int8"] - top1["fp32"]) <= 0.02, top1
     assert q.ByteSize() <= 0.3 * model.ByteSize()
+
+
+# ----------------------------------------------------------------------------------------------
+# the int4 rounding and bias correction, on their own
+# ----------------------------------------------------------------------------------------------
+
+
+def _conv_node(w: np.ndarray, pads: list[int]) -> gs.Node:
+    x = gs.Variable("x", dtype=np.float32)
+    return gs.Node("Conv", "conv", attrs={"pads": pads}, inputs=[x, gs.Constant("w", w)], outputs=[gs.Variable("y")])
+
+
+def test_gptq_beats_nearest_rounding_on_the_layer_output():
+    from onnxcompress.compiler import gptq
+
+    rng = np.random.default_rng(4)
+    mix = rng.standard_normal((48, 48))
+    x = rng.standard_normal((4000, 48)) @ mix  # correlated inputs, where GPTQ's compensation pays
+    w = rng.standard_normal((16, 48)).astype(np.float32)
+    scale = qdq.per_channel_scale(w, 4, 0)
+    nearest = np.clip(np.round(w / scale[:, None]), -7, 7)
+    chosen = gptq.gptq_round(w, x.T @ x, scale, 7)
+    assert chosen.dtype == np.int8 and np.abs(chosen).max() <= 7
+    err = lambda q: np.linalg.norm(x @ (w - q * scale[:, None]).T)  # noqa: E731
+    assert err(chosen) < 0.8 * err(nearest)
+
+
+def test_bias_shift_restores_the_mean_output():
+    from onnxcompress.compiler import gptq
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    x = (rng.standard_normal((6, 4, 7, 7)) + 0.5).astype(np.float32)  # non-zero mean inputs
+    node = _conv_node(w, [1, 1, 1, 1])
+    stats = gptq.LayerInputs(node, hessian=False)
+    stats.add(x)
+    q = qdq.round_to_nearest(w, 4, 0)
+    wq = q.q * q.scale[:, None, None, None]
+    shift = gptq.bias_shift(w.reshape(8, -1), wq.reshape(8, -1), stats)
+
+    def conv(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])],
+            "c",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(weight.astype(np.float32), "w"), numpy_helper.from_array(bias.astype(np.float32), "b")],
+        )
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+        return make_session(m).run(None, {"x": x})[0].mean(axis=(0, 2, 3))
+
+    zero = np.zeros(8)
+    want = conv(w, zero)
+    assert np.abs(conv(wq, zero) - want).max() > 1e-3  # int4 rounding does shift the means
+    np.testing.assert_allclose(conv(wq, shift), want, atol=1e-4)
