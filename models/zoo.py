@@ -26,6 +26,7 @@ __all__ = [
     "demo_cnn",
     "densenet",
     "firenet",
+    "load_resnet8_from_onnx",
     "mobilenetv2",
     "resnet20",
     "resnet56",
@@ -42,22 +43,18 @@ def _check_input_size(arch: str, input_size: int, downsampling: int) -> None:
         )
 
 
+def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    """'Same'-padded conv without bias (the BN shift replaces it) -> BN."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    )
+
+
 def _conv_bn_relu(
     cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, act: type[nn.Module] = nn.ReLU
 ) -> nn.Sequential:
-    """Conv (no bias: the BN shift replaces it) -> BN -> activation."""
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(cout),
-        act(inplace=True),
-    )
-
-
-def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(cout),
-    )
+    return nn.Sequential(*_conv_bn(cin, cout, kernel, stride, groups), act(inplace=True))
 
 
 def _classifier(channels: int, num_classes: int) -> nn.Sequential:
