@@ -168,6 +168,8 @@ def fit(
     colour = train.image_shape[0] == 3
     pad = 4 if colour else 2
     steps_per_epoch = len(train) // config.batch_size  # drop the ragged last batch: BN needs > 1
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train)} training images do not fill one batch of {config.batch_size}")
     total = config.epochs * steps_per_epoch
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay

@@ -104,6 +104,12 @@ def test_training_is_deterministic_and_records_preprocessing(tiny_fashion, tmp_p
     assert any(not np.array_equal(wa[k], wc[k]) for k in wa)
 
 
+def test_too_few_images_for_a_batch_is_refused(tiny_fashion, tmp_path) -> None:
+    config = TrainConfig(arch="demo_cnn", epochs=1, batch_size=256)
+    with pytest.raises(ValueError, match="do not fill one batch"):
+        train_teacher(config, *tiny_fashion, tmp_path / "x.onnx", progress=False)
+
+
 def test_cached_teacher_trains_once(tiny_fashion, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(train, "dataset_paths", lambda dataset, realdata_dir=None: tiny_fashion)
     first = cached_teacher("demo_cnn", "fashion_mnist", epochs=1, seed=0, cache_dir=tmp_path)
