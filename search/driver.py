@@ -31,7 +31,7 @@ from onnxcompress.errors import UsageError
 from onnxcompress.search import checkpoint as ckpt
 from onnxcompress.search.agents import AgentContext, get_agent
 from onnxcompress.search.env import FEATURES, CompressionEnv, EnvConfig
-from onnxcompress.search.evaluator import EvaluatorSpec, plan_key
+from onnxcompress.search.evaluator import EvaluatorSpec, plan_key, torch_threads
 from onnxcompress.search.executors import Executor, ExecutorConfig, make_executor
 from onnxcompress.search.latency import LatencyModel, fit_latency_model
 from onnxcompress.search.metrics import Metrics
@@ -205,12 +205,15 @@ class Search:
         """Runs one batch of episodes; returns how many ran (0: the current target is done)."""
         assert self.env is not None and self.agent is not None
         n = min(self.config.batch, self.config.episodes - self.done)
-        episodes = self.agent.ask(self.env, n) if n > 0 else []
+        # the agents' networks are tiny: one thread avoids OpenMP spinning on a busy machine
+        with torch_threads(1):
+            episodes = self.agent.ask(self.env, n) if n > 0 else []
         if not episodes:
             return 0
         metrics = self.executor.evaluate_many([e.plan for e in episodes])
         rewards = [self.env.reward(e, m) for e, m in zip(episodes, metrics)]
-        self.agent.tell(episodes, rewards)
+        with torch_threads(1):
+            self.agent.tell(episodes, rewards)
         for e, m, r in zip(episodes, metrics, rewards):
             self.candidates.append(Candidate(e.plan, m, self.target_index, self.done, r))
             self.done += 1

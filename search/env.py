@@ -53,9 +53,9 @@ FEATURES = (
     "params",  # parameters of those layers / teacher parameters
     "coupled",  # layers whose output this decision shrinks / the most any decision couples
     "macs_cut",  # MACs removed by the decisions so far / teacher MACs
-    "macs_remaining",  # MACs of the decisions still to come in this stage / teacher MACs
+    "macs_remaining",  # share of the stage's MACs (summed over its decisions) still to decide
     "size_cut",  # weight bytes removed so far / teacher bytes
-    "size_remaining",  # weight bytes of the decisions still to come / teacher bytes
+    "size_remaining",  # share of the stage's parameters (summed over its decisions) still to decide
     "prev_action",  # the previous step's applied action (0 at the first step)
     "target",  # the budget of the target's primary resource, as a fraction of the teacher
 )
@@ -253,9 +253,9 @@ class CompressionEnv:
             "params": d.params / max(t.params, 1),
             "coupled": d.coupled / n["coupled"],
             "macs_cut": 1.0 - cost.macs / max(t.macs, 1),
-            "macs_remaining": sum(x.macs for x in rest) / max(t.macs, 1),
+            "macs_remaining": sum(x.macs for x in rest) / max(1, sum(x.macs for x in st.decisions)),
             "size_cut": 1.0 - cost.size_bytes / max(t.size_bytes, 1),
-            "size_remaining": rest_params * 4.0 / max(t.size_bytes, 1),
+            "size_remaining": rest_params / max(1, sum(x.params for x in st.decisions)),
             "prev_action": st.applied[-1] if st.applied else 0.0,
             "target": self._primary_fraction(),
         }

@@ -30,7 +30,7 @@ from onnxcompress.search.env import CompressionEnv, Episode
 
 @dataclass(frozen=True)
 class DDPGConfig:
-    hidden: int = 64  # AMC uses 300; the state here has ~20 features
+    hidden: int = 128  # AMC uses 300
     actor_lr: float = 1e-3
     critic_lr: float = 3e-3
     warmup: float = 0.25  # fraction of the episode budget with random actions (AMC: 100 of 400)
@@ -39,7 +39,7 @@ class DDPGConfig:
     final_delta: float = 0.05  # ... at the last episode (AMC decays by 0.95 per episode)
     replay_size: int = 4000  # transitions
     batch_size: int = 64
-    updates_per_episode: int = 32
+    updates_per_episode: int = 64
     baseline_alpha: float = 0.5  # AMC's moving_alpha
     reward_scale: float = 10.0  # accuracy differences are small; scale them for the critic
 
@@ -74,8 +74,8 @@ class DDPGAgent(Agent):
         with seeded_torch(context.seed):
             self.actor = Actor(context.features, config.hidden)
             self.critic = Critic(context.features, config.hidden)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr, fused=True)
         n = config.replay_size
         self.buffer_s = torch.zeros(n, context.features)
         self.buffer_a = torch.zeros(n, 1)
@@ -141,7 +141,7 @@ class DDPGAgent(Agent):
         self.critic_opt.step()
         actor_loss = -self.critic(s, self.actor(s)).mean()
         self.actor_opt.zero_grad()
-        actor_loss.backward()
+        actor_loss.backward(inputs=list(self.actor.parameters()))  # the critic is not trained here
         self.actor_opt.step()
 
     # -- state -------------------------------------------------------------------------------

@@ -79,39 +79,42 @@ class GreedyAgent(Agent):
         return float(ys[0] + slope * (f - xs[0]))
 
     def _allocate(self, env: CompressionEnv, exponent: float) -> dict[str, float]:
+        """Kept fraction per group (teacher id) after greedy allocation, on channel counts."""
         s = env.space.structure(frozenset())
         groups = s.groups
         dim = env.target.primary
-        frac = {d.ident: 1.0 for d in groups}
-        floor = {d.ident: keep_bounds(s.channels(d.local), env.config.min_keep)[0] / s.channels(d.local) for d in groups}
+        channels = {d.ident: s.channels(d.local) for d in groups}
+        keep = dict(channels)
+        floor = {g: keep_bounds(c, env.config.min_keep)[0] for g, c in channels.items()}
+        step = {g: max(1, int(round(self.config.grid * c))) for g, c in channels.items()}
 
-        def cost(fr: Mapping[str, float]):
-            keep = {d.local: max(1, int(round(fr[d.ident] * s.channels(d.local)))) for d in groups}
-            return env.space.cost(structure=s, keep=keep)
+        def cost(k: Mapping[str, int]):
+            return env.space.cost(structure=s, keep={d.local: k[d.ident] for d in groups})
 
         def value(c) -> float:
             return float({"macs": c.macs, "params": c.params, "size": c.size_bytes, "latency": c.latency_ms or 0.0}[dim])
 
-        current = cost(frac)
+        current = cost(keep)
         while not env.budget.allows(current):
-            best, best_score = None, None
+            best, best_score, best_cost = None, None, None
             for d in groups:
-                f = frac[d.ident]
-                if f - self.config.grid < floor[d.ident] - 1e-9:
+                g = d.ident
+                lower = max(floor[g], keep[g] - step[g])
+                if lower >= keep[g]:
                     continue
-                trial = {**frac, d.ident: round(f - self.config.grid, 6)}
-                saved = value(current) - value(cost(trial))
+                trial_cost = cost({**keep, g: lower})
+                saved = value(current) - value(trial_cost)
                 if saved <= 0:
                     continue
-                loss = max(0.0, self._drop(d.ident, trial[d.ident]) - self._drop(d.ident, f))
+                loss = max(0.0, self._drop(g, lower / channels[g]) - self._drop(g, keep[g] / channels[g]))
                 score = loss / saved**exponent
                 if best_score is None or score < best_score:
-                    best, best_score = d.ident, score
-            if best is None:  # nothing can go lower: let the environment clamp the rest
+                    best, best_score, best_cost = g, score, trial_cost
+            if best is None:  # nothing can go lower: the environment clamps the rest
                 break
-            frac[best] = round(frac[best] - self.config.grid, 6)
-            current = cost(frac)
-        return frac
+            keep[best] = max(floor[best], keep[best] - step[best])
+            current = best_cost
+        return {g: keep[g] / channels[g] for g in channels}
 
     def state_dict(self) -> dict[str, Any]:
         return {

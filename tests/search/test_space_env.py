@@ -1,0 +1,151 @@
+"""The search space's exact cost predictions and the environment's budget guarantee."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from onnxcompress.compiler.cost import model_cost
+from onnxcompress.errors import UsageError
+from onnxcompress.passes import Plan, apply_plan
+from onnxcompress.search.env import FEATURES, CompressionEnv, EnvConfig
+from onnxcompress.search.metrics import weight_bytes
+from onnxcompress.search.space import SearchSpace, bits_from_action
+from onnxcompress.search.targets import Target
+from tests.search.fakes import chain_model, residual_model
+
+CHAIN = chain_model()
+RESIDUAL = residual_model()
+SPACES = {"chain": SearchSpace(CHAIN), "residual": SearchSpace(RESIDUAL)}
+
+
+def test_space_lists_groups_units_and_layers_in_order():
+    s = SPACES["chain"]
+    assert [d.ident for d in s.groups] == ["g0", "g1", "g2", "g3"]
+    assert [d.out_channels for d in s.groups] == [8, 16, 16, 24]
+    r = SPACES["residual"]
+    assert {d.op for d in r.units} >= {"residual_block"}
+    assert len(r.quantizable) == 6  # 5 convs + the Gemm head
+
+
+@pytest.mark.parametrize("removed", [(), ("b2",), ("b0",)])
+def test_predicted_cost_equals_rewritten_model(removed):
+    """After removals, pruning is decided on the groups that remain; the prediction must equal
+    the cost of the model the plan produces."""
+    s = SPACES["residual"]
+    units = {u.ident for u in s.units}
+    removed = frozenset(u for u in removed if u in units)
+    st_ = s.structure(removed)
+    keep = {d.ident: max(1, s.structure(removed).channels(d.local) // 2) for d in st_.groups}
+    plan = s.plan_json(removed, keep, None, reconstruct=False)
+    model = apply_plan(RESIDUAL, Plan.from_json(plan))
+    measured = model_cost(model)
+    predicted = s.predict(plan)
+    assert predicted.macs == measured.macs
+    assert predicted.params == measured.params
+    assert predicted.size_bytes == weight_bytes(model, {})
+
+
+def test_bits_mapping_and_size():
+    assert [bits_from_action(a, (4, 8)) for a in (0.0, 0.49, 0.5, 1.0)] == [4, 4, 8, 8]
+    assert [bits_from_action(a, (4, 8, 16, 32)) for a in (0.1, 0.3, 0.6, 0.99)] == [4, 8, 16, 32]
+    s = SPACES["chain"]
+    all8 = s.cost(bits={d.ident: 8 for d in s.quantizable})
+    # 8-bit layers take a quarter of their float bytes; nothing else changes
+    layer_params = sum(d.params for d in s.quantizable)
+    assert all8.size_bytes == s.teacher_cost.size_bytes - 3 * layer_params
+    assert all8.macs == s.teacher_cost.macs
+
+
+def test_observation_is_named_and_normalised():
+    env = CompressionEnv(SPACES["chain"], Target(macs=0.5))
+    obs = env.reset()
+    assert obs.shape == (len(FEATURES),) and obs.dtype == np.float32
+    assert env.feature_names == FEATURES
+    seen = [obs]
+    while True:
+        step = env.step(0.7)
+        if step.done:
+            break
+        seen.append(step.observation)
+    arr = np.stack(seen)
+    assert np.all(arr >= -1e-6) and np.all(arr <= 1 + 1e-6)
+    assert arr[0, FEATURES.index("index")] == 0 and arr[-1, FEATURES.index("index")] == 1
+    assert arr[1, FEATURES.index("prev_action")] == pytest.approx(0.75)  # 6 of 8 channels
+    assert np.all(np.diff(arr[:, FEATURES.index("macs_cut")]) >= 0)
+
+
+def test_unreachable_target_is_a_clear_error():
+    with pytest.raises(UsageError, match="cannot be reached"):
+        CompressionEnv(SPACES["chain"], Target(macs=0.01))
+    with pytest.raises(UsageError, match="cannot be reached"):
+        CompressionEnv(SPACES["chain"], Target(macs=0.5), EnvConfig(stages=("quantize",)))
+
+
+def test_gym_style_evaluation_returns_reward():
+    calls = []
+
+    def evaluate(plan):
+        from onnxcompress.search.metrics import Metrics
+
+        calls.append(plan)
+        return Metrics(0.5, 1, 1, 1)
+
+    env = CompressionEnv(SPACES["chain"], Target(macs=0.5), evaluate=evaluate)
+    env.reset()
+    step = None
+    for _ in range(4):
+        step = env.step(1.0)
+    assert step.done and step.reward == pytest.approx(0.5) and len(calls) == 1
+
+
+CASES = [
+    ("chain", ("prune",), "macs"),
+    ("chain", ("prune",), "params"),
+    ("residual", ("prune",), "size"),
+    ("residual", ("remove", "prune"), "macs"),
+    ("residual", ("remove",), "macs"),
+    ("chain", ("quantize",), "size"),
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    case=st.sampled_from(CASES),
+    fraction=st.floats(0.05, 1.0),
+    actions=st.lists(st.floats(0.0, 1.0) | st.sampled_from([0.0, 1.0, 0.5]), min_size=1, max_size=12),
+)
+def test_environment_never_emits_an_over_budget_plan(case, fraction, actions):
+    name, stages, dim = case
+    space = SPACES[name]
+    try:
+        env = CompressionEnv(space, Target(**{dim: fraction}), EnvConfig(stages=stages))
+    except UsageError:
+        return  # the target is below what these stages can reach: refused up front
+    ep = env.replay(actions, default=1.0)
+    assert ep.within_budget
+    predicted = space.predict(ep.plan)  # decoding the emitted plan gives the same cost
+    assert predicted == ep.cost
+    assert env.budget.allows(predicted)
+    limit = getattr(env.budget, {"size": "size_bytes"}.get(dim, dim))
+    assert getattr(predicted, {"size": "size_bytes"}.get(dim, dim)) <= limit
+
+
+def test_emitted_plans_rewrite_to_within_budget():
+    """The real rewrite agrees: random episodes measured on the rewritten graph fit."""
+    space = SPACES["residual"]
+    env = CompressionEnv(space, Target(macs=0.4), EnvConfig(stages=("remove", "prune"), reconstruct=False))
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        ep = env.rollout(lambda _o: float(rng.uniform()))
+        model = apply_plan(RESIDUAL, Plan.from_json(ep.plan))
+        assert model_cost(model).macs <= env.budget.macs
+
+
+def test_probe_is_not_clamped_but_honest():
+    env = CompressionEnv(SPACES["chain"], Target(macs=0.3))
+    ep = env.probe({"g1": 0.5})
+    assert ep.plan["passes"][0]["groups"] == {"g1": 8}
+    assert not ep.within_budget
