@@ -1,0 +1,48 @@
+"""The teachers benchmarks compress, by name, so every benchmark uses the same ones.
+
+`teacher_path(name)` returns an ONNX file: the real MLPerf Tiny ResNet-8 from ../shared/realdata,
+the bundled demo teacher, or a reference architecture trained once by
+`onnxcompress.models.train.cached_teacher` and read from bench/.cache/teachers afterwards.
+`python -m bench.teachers [NAME ...]` trains the missing ones ahead of a benchmark run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import RESNET8
+from onnxcompress.models.demo import demo_teacher_path
+
+
+@dataclass(frozen=True)
+class TrainedTeacher:
+    """A reference architecture trained by models/train.py on a named dataset."""
+
+    arch: str
+    dataset: str  # a name known to onnxcompress.models.train.dataset_paths
+    epochs: int
+    seed: int = 0
+
+
+# CIFAR-10 here is the 10k-image JPEG training subset of ../shared/realdata. ResNet-20 takes about
+# 90 s per epoch on one busy core of the 2-core benchmark machine, so 30 epochs stay within an hour
+# even when the machine is shared; add teachers here with their measured cost.
+TRAINED: dict[str, TrainedTeacher] = {
+    "resnet20_cifar10": TrainedTeacher("resnet20", "cifar10", epochs=30),
+}
+FIXED: dict[str, Path] = {"resnet8_mlperf": RESNET8, "demo_cnn_fashion": demo_teacher_path()}
+NAMES = [*FIXED, *TRAINED]
+
+
+def teacher_path(name: str) -> Path:
+    """The ONNX teacher called `name` (one of NAMES); trains it on first use."""
+    if name in FIXED:
+        return FIXED[name]
+    if name not in TRAINED:
+        raise ValueError(f"unknown teacher {name!r}; choose one of {', '.join(NAMES)}")
+    # Imported here: torch is only needed when a teacher has to be trained or looked up.
+    from onnxcompress.models.train import cached_teacher
+
+    spec = TRAINED[name]
+    return cached_teacher(spec.arch, spec.dataset, spec.epochs, spec.seed)
