@@ -134,6 +134,28 @@ def interruptible() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def uninterruptible() -> Iterator[None]:
+    """Writing the outputs of a finished job: Ctrl-C / SIGTERM are held back until every file is
+    in place, so a job is either fully written or not at all (the work is done by then)."""
+    held: list[int] = []
+
+    def _hold(signum, frame):  # noqa: ARG001
+        held.append(signum)
+
+    try:
+        previous = {sig: signal.signal(sig, _hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if held:
+            print("interrupt received while writing the results: the job had finished, all outputs are complete", file=sys.stderr)
+
+
 # ----------------------------------------------------------------------------------------------
 # the job
 # ----------------------------------------------------------------------------------------------
@@ -477,16 +499,17 @@ def compress_command(args) -> int:
             name=model_path.name,
         )
     students = []
-    for s, out in zip(result.students, outputs):
-        save_model_atomic(s.model, out)
-        students.append(out)
     report = result.report
-    report = replace(report, students=tuple(replace(r, output=str(o)) for r, o in zip(report.students, students)))
-    if report_path is not None:
-        write_report(report, report_path)
-    import shutil
+    with uninterruptible():
+        for s, out in zip(result.students, outputs):
+            save_model_atomic(s.model, out)
+            students.append(out)
+        report = replace(report, students=tuple(replace(r, output=str(o)) for r, o in zip(report.students, students)))
+        if report_path is not None:
+            write_report(report, report_path)
+        import shutil
 
-    shutil.rmtree(ckpt, ignore_errors=True)
+        shutil.rmtree(ckpt, ignore_errors=True)
     print(summary_table(report))
     for s, out in zip(result.students, students):
         print(f"wrote {out}: {s.note}")
@@ -520,10 +543,11 @@ def finetune_command(args) -> int:
     ckpt.mkdir(exist_ok=True)
     with interruptible():
         tuned, result = finetune(student, teacher, train, val, config, checkpoint_dir=ckpt, progress=not args.quiet)
-    save_model_atomic(tuned, out)
-    import shutil
+    with uninterruptible():
+        save_model_atomic(tuned, out)
+        import shutil
 
-    shutil.rmtree(ckpt, ignore_errors=True)
+        shutil.rmtree(ckpt, ignore_errors=True)
     best = "n/a" if result.best_val_accuracy is None else f"{100 * result.best_val_accuracy:.2f}%"
     start = "n/a" if result.initial_val_accuracy is None else f"{100 * result.initial_val_accuracy:.2f}%"
     print(f"wrote {out}: validation top-1 {start} -> {best} after {result.epochs_run} epochs ({result.wall_s:.1f} s)")

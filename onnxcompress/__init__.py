@@ -5,14 +5,34 @@
     result.save("student.onnx")
 
 Also: load(), inspect(), apply(), finetune(), evaluate(). The CLI (`onnxcompress ...`) is a thin
-layer over these functions.
+layer over these functions. Attributes are imported on first use, so `onnxcompress --help` and
+error messages come back quickly.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from onnxcompress.api import apply, evaluate, inspect, load  # noqa: E402
-from onnxcompress.errors import CompressError  # noqa: E402
+_API = {
+    "apply": "onnxcompress.api",
+    "evaluate": "onnxcompress.api",
+    "inspect": "onnxcompress.api",
+    "load": "onnxcompress.api",
+    "finetune": "onnxcompress.api",
+    "compress": "onnxcompress.compiler.pipeline",
+    "CompressResult": "onnxcompress.compiler.pipeline",
+    "Plan": "onnxcompress.passes.plan",
+    "Target": "onnxcompress.compiler.config",
+    "CompressError": "onnxcompress.errors",
+}
 
-__all__ = ["apply", "evaluate", "inspect", "load", "CompressError", "__version__"]
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'onnxcompress' has no attribute '{name}'")

@@ -1,5 +1,17 @@
+import signal
 import sys
 
-from onnxcompress.cli import main
+
+def _interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+# SIGTERM behaves like Ctrl-C from the very first moment, even while modules are still importing
+signal.signal(signal.SIGTERM, _interrupt)
+try:
+    from onnxcompress.cli import main
+except KeyboardInterrupt:
+    print("interrupted: nothing was written", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

@@ -139,3 +139,28 @@ def evaluate(
     quantized = any(n.op_type == "DequantizeLinear" for n in m.graph.node)
     cost = model_cost(m if quantized else canonicalize(m))
     return Evaluation(accuracy, agreement, len(ds), cost.macs, cost.params, m.ByteSize(), measure_latency(m, ds.x[:32]))
+
+
+def finetune(
+    student: PathLike | onnx.ModelProto,
+    teacher: PathLike | onnx.ModelProto,
+    data: PathLike,
+    val_data: PathLike | None = None,
+    epochs: int = 3,
+    kd: Sequence[str] = ("hinton", "attention"),
+    classes: Sequence[int] | None = None,
+    seed: int = 0,
+    preprocess: Preprocess | None = None,
+    progress: bool = True,
+):
+    """KD fine-tuning of a student from its teacher; returns (tuned model, FinetuneResult)."""
+    from onnxcompress.compiler.kd import KDConfig
+    from onnxcompress.compiler.trainer import FinetuneConfig, finetune as _finetune
+
+    s = student if isinstance(student, onnx.ModelProto) else load_model(student)
+    t = load(teacher)
+    pre = preprocess or Preprocess.from_model(t)
+    train = read_data(data, t, pre, classes=classes)
+    val = read_data(val_data, t, pre, classes=classes) if val_data is not None else None
+    config = FinetuneConfig(epochs=epochs, seed=seed, kd=KDConfig(kinds=tuple(kd)), teacher_classes=tuple(classes) if classes else None)
+    return _finetune(s, t, train, val, config, progress=progress)

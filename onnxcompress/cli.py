@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -227,8 +228,16 @@ HANDLERS = {
 }
 
 
+def _interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:  # SIGTERM (a scheduler stopping the job) behaves like Ctrl-C: clean stop, no partial output
+        signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        pass
     debug = "--debug" in argv
     parser = build_parser()
     try:
