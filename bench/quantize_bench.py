@@ -109,14 +109,14 @@ NOTES = """### What the numbers say, and why
   QLinearConv / QLinearAdd / QLinearAveragePool / QGemm with a single QuantizeLinear at the input.
   `QDQKeepRemovableActivations` in quantize_static (Relu kept *between* two Q/DQ pairs) measured slower
   (0.92x vs 0.75x fp32 in an earlier run); `ActivationSymmetric` with int8 activations 2.05x.
-- **Why int8 is not faster than ~0.6-0.7x fp32 here.** The same optimized onnxruntime graph comes out of
+- **Why int8 is not faster than ~0.7x fp32 here.** The same optimized onnxruntime graph comes out of
   our pass, of quantize_static with uint8 activations and of NNCF (9 QLinearConv, 3 QLinearAdd); they time
   alike. ResNet-8 is a small-channel network: the first three convolutions (3->16 and 16->16 channels at
   32x32) take ~65 % of the int8 time, and onnxruntime's int8 kernels gain little there (16->16: ~1.5x;
   the 3-channel first convolution is ~3x *slower* in int8 than fp32), while the 32- and 64-channel layers
   gain 2.5-4x. Keeping the first convolution in fp32 does not help end to end: the layout changes
-  (NCHWc fp32 <-> NHWC int8) and the extra QuantizeLinear cost more than it saves. In CPU time the int8
-  variants with uint8 activations land at ~0.70-0.73x fp32 run after run; wall-time medians move by
+  (NCHWc fp32 <-> NHWC int8) and the extra QuantizeLinear cost more than it saves (measured in an exploratory
+  run). In CPU time the int8 variants with uint8 activations land at ~0.70-0.75x fp32 run after run; wall-time medians move by
   ±0.05-0.1 with the load of the other jobs on this 2-core machine (see the noise-gauge row and the ±).
 - **Accuracy.** Our int8 stays at fp32's top-1, and so does every quantize_static setting: the int8 rows
   differ by a handful of the 10,000 images (a point of top-1 is 100 images; the standard error of a
