@@ -126,6 +126,8 @@ def quantize(graph: gs.Graph, params: QuantizeParams, ctx: PassContext) -> gs.Gr
     precisions = {n: b for n, b in merged.items() if b != 32 and n in quantizable}
     if any(b == 4 for b in precisions.values()):
         graph = qdq.ensure_opset(graph, qdq.INT4_MIN_OPSET)
+    elif any(b == 8 for b in precisions.values()):
+        graph = qdq.ensure_opset(graph, qdq.QDQ_MIN_OPSET)  # per-axis DequantizeLinear (canonical models have it)
     work = qdq.prepare(graph, precisions, stripped)
     data = _calibration_subset(ctx.calibration, ctx.seed)
     if data is None and work.to_calibrate:
