@@ -310,15 +310,16 @@ def cached_teacher(
     seed: int = 0,
     cache_dir: Path | None = None,
     realdata_dir: Path | None = None,
+    threads: int | None = None,
 ) -> Path:
     """The ONNX teacher trained with `train_teacher` on a named dataset; trained on the first call,
     read from `cache_dir` afterwards. Concurrent first calls may both train; the atomic write
-    means they never see a partial file."""
+    means they never see a partial file. `threads` only changes how it is trained (not the key)."""
     config = TrainConfig(arch=arch, epochs=epochs, seed=seed)
     path = (cache_dir or default_cache_dir()) / f"{arch}-{dataset}-e{epochs}-s{seed}-r{RECIPE_VERSION}.onnx"
     if not path.exists():
         train_path, test_path = dataset_paths(dataset, realdata_dir)
-        train_teacher(config, train_path, test_path, path)
+        train_teacher(config, train_path, test_path, path, threads=threads)
     return path
 
 

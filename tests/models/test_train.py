@@ -112,7 +112,7 @@ def test_too_few_images_for_a_batch_is_refused(tiny_fashion, tmp_path) -> None:
 
 def test_cached_teacher_trains_once(tiny_fashion, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(train, "dataset_paths", lambda dataset, realdata_dir=None: tiny_fashion)
-    first = cached_teacher("demo_cnn", "fashion_mnist", epochs=1, seed=0, cache_dir=tmp_path)
+    first = cached_teacher("demo_cnn", "fashion_mnist", epochs=1, seed=0, cache_dir=tmp_path, threads=1)
     assert first.exists() and first.parent == tmp_path
 
     def must_not_train(*args, **kwargs):
