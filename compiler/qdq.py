@@ -23,7 +23,7 @@ input *and* its output. The rules, written once in `plan_activations`:
 - the *region* is the set of nodes that compute in int8: the int8 layers, the Relu/Clip right
   after one (fused: the Q goes after the activation, zero point 0, and onnxruntime drops the
   activation), and glue ops (Add, pools, Concat, data movement) whose inputs all come from the
-  region and whose output leads to an int8 layer (so QLinearAdd / QLinearAveragePool run
+  region (or get a Q/DQ pair anyway) and whose output leads to an int8 layer (so QLinearAdd / QLinearAveragePool run
   between int8 layers instead of dequantize -> float op -> quantize);
 - a tensor gets a Q/DQ pair when a region node reads it, or when an int8 Conv (after its fused
   activation) produces it (the Conv fusion needs the output Q);
@@ -32,11 +32,13 @@ input *and* its output. The rules, written once in `plan_activations`:
 - when the producer computes in float, only region consumers read the dequantized tensor:
   layers left at fp32 see exactly the float values they saw before.
 Keeping the Relu in the graph (rather than deleting it, as onnxruntime's quantizer does for
-uint8) keeps the float meaning of the graph intact, so `strip` can undo a quantization exactly.
+uint8) keeps the float meaning of the graph intact, so `strip` recovers the float graph (with
+the rounded weights) from any quantized one.
 
 `strip` turns any QDQ/Cast graph back into float (folding weight DequantizeLinear and fp16
-Casts, dropping activation Q/DQ pairs) and returns the activation scales it removed, so a later
-quantize step can re-emit the whole graph consistently without calibrating again.
+Casts, dropping activation Q/DQ pairs) and returns the activation parameters and integer
+weights it removed, so a later quantize step can re-emit the whole graph consistently without
+calibrating or rounding again what did not change.
 
 Calibration uses onnxruntime's calibrators (MinMax, Entropy, Percentile) through a
 CalibrationDataReader, restricted to the tensors that get a Q/DQ pair, and onnxruntime's
@@ -54,8 +56,9 @@ images): +0.3 top-1 for int4 convolutions, neutral for int8.
 
 Order of work (`prepare` then `realize`): strip to float, plan the activation pairs, calibrate
 only the tensors without known parameters, round only the weights without a known integer
-form (and correct their biases), emit once. Everything a later quantize step can reuse (parameters, integer weights) is
-reused, so repeated steps compose into the same graph as one combined step.
+form (and correct their biases), emit once. What a later quantize step can reuse (activation
+parameters, integer weights) is reused, so repeated steps compose into one consistent graph and
+repeating a step changes nothing.
 """
 
 from __future__ import annotations
