@@ -91,6 +91,15 @@ def check(model: onnx.ModelProto, what: str = "the model") -> None:
         raise ModelError(f"onnx.checker rejects {what}: {first}") from None
 
 
+def publish_file(tmp: str, dest: Path) -> None:
+    """Gives a finished temporary file the permissions a normal write would have (mkstemp makes
+    it 0600) and renames it into place atomically."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, dest)
+
+
 def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Writes to a temporary file in the destination folder, then renames it into place, so an
     interrupted write never leaves a partial model behind."""
@@ -102,7 +111,7 @@ def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(model.SerializeToString())
-        os.replace(tmp, dest)
+        publish_file(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxcompress.compiler.onnx_io import publish_file
 from onnxcompress.compiler.runtime import Latency
 
 
@@ -98,7 +99,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.replace(tmp, path)
+        publish_file(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -188,7 +189,7 @@ def plot_pareto(report: RunReport, path: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        publish_file(tmp, path)
     finally:
         plt.close(fig)
         if os.path.exists(tmp):

@@ -155,3 +155,13 @@ def test_real_models_round_trip(name):
     expect = np.concatenate([s.run(None, {name_in: x[i : i + 1]})[0] for i in range(len(x))])
     got = _run(canonical, x)
     _close(expect.reshape(got.shape), got)
+
+
+def test_saved_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    out = save_model_atomic(resnet_like(), tmp_path / "p.onnx")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
