@@ -28,7 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper, shape_inference, version_converter
 
-from onnxcompress.errors import CompressError, ModelError
+from onnxcompress.errors import CompressError, ModelError, ResourceError
 
 CANONICAL_MIN_OPSET = 13
 BATCH_DIM = "N"
@@ -57,6 +57,32 @@ def _check_external_data(model: onnx.ModelProto, folder: Path) -> None:
             raise ModelError(f"external data file '{location}' for initializer '{tensor.name}' is missing next to the model")
 
 
+# a compression run holds several copies of the weights (original, canonical, candidates, sessions)
+MEMORY_FACTOR = 8
+
+
+def available_memory() -> int:
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def _check_memory(p: Path, model: onnx.ModelProto | None) -> None:
+    """Refuses, before reading it, a model whose weights would not fit in memory several times."""
+    total = p.stat().st_size
+    if model is not None:
+        for t in model.graph.initializer:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                length = next((int(e.value) for e in t.external_data if e.key == "length"), None)
+                total += length if length is not None else int(np.prod(t.dims)) * 4
+    if total * MEMORY_FACTOR > available_memory():
+        raise ResourceError(
+            f"'{p}' holds {total / 2**20:.0f} MiB of weights; compressing it needs about {MEMORY_FACTOR}x that and only "
+            f"{available_memory() / 2**20:.0f} MiB of memory is free"
+        )
+
+
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Reads an ONNX file read-only and checks it. Every failure is a one-line ModelError."""
     p = Path(path)
@@ -66,6 +92,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelError(f"'{p}' is a directory, not an ONNX model file")
     if p.stat().st_size == 0:
         raise ModelError(f"'{p}' is empty, not an ONNX model")
+    _check_memory(p, None)
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and others for garbage or truncation
@@ -73,6 +100,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if len(model.graph.node) == 0:
         raise ModelError(f"'{p}' is not an ONNX model with a graph (no nodes); is it another file format?")
     _check_external_data(model, p.parent)
+    _check_memory(p, model)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         try:
             onnx.load_external_data_for_model(model, str(p.parent))

@@ -165,3 +165,14 @@ def test_saved_files_get_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+def test_memory_guard_refuses_models_that_cannot_fit(tmp_path, monkeypatch):
+    from onnxcompress.compiler import onnx_io
+    from onnxcompress.errors import ResourceError
+
+    p = tmp_path / "m.onnx"
+    p.write_bytes(resnet_like().SerializeToString())
+    monkeypatch.setattr(onnx_io, "available_memory", lambda: 1000)
+    with pytest.raises(ResourceError, match="memory"):
+        load_model(p)
