@@ -6,7 +6,11 @@ N2N stage 2; after removals, the groups of the model with those units removed) a
 (every quantizable layer: bit width, HAQ). Each action is a float in [0, 1]:
 
 - remove: >= 0.5 keeps the unit, < 0.5 drops it;
-- prune: the fraction of the group's channels to keep (at least `min_keep`, at least 1 channel);
+- prune: how many of the group's channels to keep. With `center=True` (the default) the action
+  is centred on the uniform keep ratio u that meets the budget: 0 keeps `min_keep`, 0.5 keeps u,
+  1 keeps everything, linearly in between (so an untrained agent starts near the uniform plan,
+  a strong baseline, instead of near keeping half of every group). With `center=False` the
+  action is the kept fraction itself (AMC's preserve ratio). At least 1 channel is kept;
 - quantize: a bit width, [0, 1] split evenly over `bits` (HAQ's continuous-to-discrete mapping).
 
 Before it is applied, an action is clamped to what the budget still allows (NNI's AMC
@@ -69,6 +73,7 @@ class EnvConfig:
     criterion: str = "l1"
     reconstruct: bool = True
     reward: str = "accuracy"
+    center: bool = True  # prune actions centred on the uniform ratio that meets the budget
 
     def __post_init__(self) -> None:
         if tuple(self.stages) not in STAGE_ORDERS:
@@ -86,7 +91,7 @@ class Episode:
 
     observations: np.ndarray  # (T, len(FEATURES)) float32
     actions: np.ndarray  # (T,) the agent's actions
-    applied: np.ndarray  # (T,) what the environment applied after clamping (normalised)
+    applied: np.ndarray  # (T,) the action the environment applied after clamping
     kinds: tuple[str, ...]  # per step: remove | prune | quantize
     plan: dict[str, Any]
     cost: Cost  # predicted
@@ -111,6 +116,7 @@ class _Rollout:
     index: int = 0
     decisions: tuple[Decision, ...] = ()
     structure: Structure | None = None
+    uniform: float = 1.0  # the uniform keep ratio meeting the budget on `structure`
     removed: set[str] = field(default_factory=set)
     removed_nodes: set[str] = field(default_factory=set)
     keep: dict[str, int] = field(default_factory=dict)  # local group id -> count
@@ -152,6 +158,7 @@ class CompressionEnv:
             "coupled": float(max([d.coupled for d in all_decisions] + [1])),
         }
         self._state = _Rollout()
+        self._uniform_cache: dict[frozenset[str], float] = {}
         self._check_reachable()
 
     # -- budget ------------------------------------------------------------------------------
@@ -209,6 +216,7 @@ class CompressionEnv:
         elif kind == "prune":
             st.structure = self.space.structure(frozenset(st.removed))
             st.decisions = st.structure.groups
+            st.uniform = self.uniform_keep(st.structure) if st.decisions else 1.0
         else:
             st.decisions = self.space.quantizable
         if not st.decisions and stage + 1 < len(self.config.stages):
@@ -294,6 +302,57 @@ class CompressionEnv:
 
     # -- the three kinds of decisions ------------------------------------------------------
 
+    def keep_fraction(self, action: float, uniform: float) -> float:
+        """The kept fraction a prune action asks for (see the module docstring)."""
+        if not self.config.center:
+            return action
+        m = self.config.min_keep
+        if action <= 0.5:
+            return m + (uniform - m) * 2.0 * action
+        return uniform + (1.0 - uniform) * (2.0 * action - 1.0)
+
+    def action_for(self, fraction: float, uniform: float) -> float:
+        """The inverse of keep_fraction: the action that asks for `fraction`."""
+        if not self.config.center:
+            return float(fraction)
+        m = self.config.min_keep
+        if fraction <= uniform:
+            return 0.0 if uniform <= m else float(np.clip(0.5 * (fraction - m) / (uniform - m), 0.0, 0.5))
+        return 1.0 if uniform >= 1.0 else float(np.clip(0.5 + 0.5 * (fraction - uniform) / (1.0 - uniform), 0.5, 1.0))
+
+    def uniform_keep(self, structure: Structure | None = None, iterations: int = 30) -> float:
+        """The largest r such that every group of `structure` keeping round(r * channels)
+        (at least its lower bound) meets the budget; bisection on the exact cost model."""
+        s = structure if structure is not None else self.space.structure(frozenset())
+        if s.analysis is None or not s.groups:
+            return 1.0
+        key = s.removed
+        got = self._uniform_cache.get(key)
+        if got is not None:
+            return got
+
+        def keep(r: float) -> dict[str, int]:
+            out = {}
+            for d in s.groups:
+                c = s.channels(d.local)
+                lo, hi = keep_bounds(c, self.config.min_keep)
+                out[d.local] = int(np.clip(int(round(r * c)), lo, hi))
+            return out
+
+        def fits(r: float) -> bool:
+            return self.budget.allows(self.space.cost(structure=s, keep=keep(r)))
+
+        if fits(1.0):
+            r = 1.0
+        else:
+            lo, hi = self.config.min_keep, 1.0
+            for _ in range(iterations):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+            r = lo
+        self._uniform_cache[key] = r
+        return r
+
     def _apply_remove(self, d: Decision, a: float) -> float:
         st = self._state
         nodes = self.space.unit_nodes(d.ident)
@@ -317,7 +376,7 @@ class CompressionEnv:
         assert s is not None
         channels = s.channels(d.local)
         lo, hi = keep_bounds(channels, self.config.min_keep)
-        want = int(np.clip(int(round(a * channels)), lo, hi))
+        want = int(np.clip(int(round(self.keep_fraction(a, st.uniform) * channels)), lo, hi))
         future = self._min_keep(st.decisions[st.index + 1 :], s)
 
         def fits(k: int) -> bool:
@@ -334,7 +393,7 @@ class CompressionEnv:
                     right = mid - 1
             want = left
         st.keep[d.local] = want
-        return want / channels
+        return self.action_for(want / channels, st.uniform)
 
     def _apply_quantize(self, d: Decision, a: float) -> float:
         st = self._state
@@ -388,6 +447,12 @@ class CompressionEnv:
         """Runs one episode with a fixed sequence of actions (`default` past its end)."""
         i = iter([float(a) for a in actions])
         return self.rollout(lambda _obs: next(i, default))
+
+    def replay_fractions(self, fractions: Sequence[float]) -> Episode:
+        """A prune-only episode asking for these kept fractions, group by group (converted to
+        actions; the budget clamp still applies)."""
+        u = self.uniform_keep()
+        return self.replay([self.action_for(f, u) for f in fractions], default=1.0)
 
     def probe(self, keep_fractions: Mapping[str, float]) -> Episode:
         """An episode that keeps `keep_fractions[group id]` of the listed teacher groups (others

@@ -46,7 +46,7 @@ class GreedyAgent(Agent):
         head, value = label.split("@")
         if head == "alloc":
             fractions = self._allocate(env, float(value))
-            return env.replay([fractions[d.ident] for d in env.space.groups])
+            return env.replay_fractions([fractions[d.ident] for d in env.space.groups])
         return env.probe({head: float(value)})
 
     def ask(self, env: CompressionEnv, n: int) -> list[Episode]:

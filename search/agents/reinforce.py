@@ -5,11 +5,13 @@ One LSTM cell reads the environment's observation at every step (the hidden stat
 the removal stage into the shrinking stage) and feeds three heads:
 - remove: a Bernoulli keep/remove per removable unit (N2N stage 1), initialised to keep with
   probability `keep_prior` because removing without fine-tuning is usually costly;
-- prune: a categorical over `keep_choices` per channel group (N2N stage 2);
+- prune: a categorical over `prune_actions` per channel group (N2N stage 2; environment actions,
+  where 0.5 keeps the uniform ratio that meets the budget);
 - quantize: a categorical over the environment's bit widths (so the policy also serves HAQ's
   stage).
-The loss is REINFORCE with a moving-average baseline (advantages normalised by a running std)
-and an entropy bonus; one update per batch of episodes.
+The loss is REINFORCE with a baseline (leave-one-out within the batch of episodes, a moving
+average for single episodes; advantages scaled by a running reward std) and an entropy bonus;
+one update per batch of episodes.
 
 The policy's input is the per-step feature vector, never the sequence length, so a policy saved
 with `save_policy` on a small teacher loads with `load_policy` into an agent for a deeper one
@@ -39,19 +41,20 @@ _KIND = {name: FEATURES.index(name) for name in ("is_remove", "is_prune", "is_qu
 class ReinforceConfig:
     hidden: int = 32
     lr: float = 0.03
-    keep_choices: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    prune_actions: tuple[float, ...] = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)  # env actions (0.5 = uniform)
     keep_prior: float = 0.9  # initial P(keep) of a removable unit
     entropy: float = 0.01
-    baseline_alpha: float = 0.3  # moving-average baseline rate
+    baseline_alpha: float = 0.3  # moving-average rate (baseline of single episodes, reward std)
     steps_per_batch: int = 1  # gradient steps per told batch
+    credit_applied: bool = True  # credit the clamped action that was applied, not the sampled one
 
 
 class Policy(nn.Module):
-    def __init__(self, features: int, hidden: int, keep_choices: int, keep_prior: float) -> None:
+    def __init__(self, features: int, hidden: int, prune_actions: int, keep_prior: float) -> None:
         super().__init__()
         self.cell = nn.LSTMCell(features, hidden)
         self.remove = nn.Linear(hidden, 1)
-        self.prune = nn.Linear(hidden, keep_choices)
+        self.prune = nn.Linear(hidden, prune_actions)
         self.quantize = nn.Linear(hidden, MAX_BITS_CHOICES)
         with torch.no_grad():
             for head in (self.remove, self.prune, self.quantize):
@@ -84,9 +87,9 @@ def _kind(obs: np.ndarray) -> str:
 class ReinforceAgent(Agent):
     def __init__(self, context: AgentContext, config: ReinforceConfig) -> None:
         super().__init__(context, config)
-        self.keep_choices = tuple(float(k) for k in config.keep_choices)
+        self.prune_actions = tuple(float(k) for k in config.prune_actions)
         with seeded_torch(context.seed):
-            self.policy = Policy(context.features, config.hidden, len(self.keep_choices), config.keep_prior)
+            self.policy = Policy(context.features, config.hidden, len(self.prune_actions), config.keep_prior)
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
         self.baseline: float | None = None
         self.reward_var: float | None = None
@@ -98,14 +101,14 @@ class ReinforceAgent(Agent):
         if kind == "remove":
             return float(index)  # 1 keeps, 0 removes
         if kind == "prune":
-            return self.keep_choices[index]
+            return self.prune_actions[index]
         return (index + 0.5) / self.n_bits
 
     def _index(self, kind: str, action: float) -> int:
         if kind == "remove":
             return 1 if action >= 0.5 else 0
         if kind == "prune":
-            return int(np.argmin([abs(k - action) for k in self.keep_choices]))
+            return int(np.argmin([abs(k - action) for k in self.prune_actions]))
         return min(self.n_bits - 1, int(action * self.n_bits))
 
     def _rollout(self, env: CompressionEnv, greedy: bool = False) -> Episode:
@@ -140,7 +143,9 @@ class ReinforceAgent(Agent):
         state = None
         logp = torch.zeros(())
         ent = torch.zeros(())
-        for obs, action in zip(ep.observations, ep.actions):
+        # the applied action (after the budget clamp) is what produced the reward, so it is the
+        # one credited; it is the sampled one whenever the clamp did not bind
+        for obs, action in zip(ep.observations, ep.applied if self.config.credit_applied else ep.actions):
             kind = _kind(obs)
             logits, state = self.policy.logits(torch.from_numpy(obs).float(), state, kind, self.n_bits)
             lp = torch.log_softmax(logits, 0)
@@ -156,8 +161,14 @@ class ReinforceAgent(Agent):
         if self.baseline is None:
             self.baseline = float(r.mean())
             self.reward_var = float(r.var()) if len(r) > 1 else 0.0
-        adv = r - self.baseline
-        scale = math.sqrt(max(self.reward_var or 0.0, float(np.mean(adv**2)), 1e-12))
+        if len(r) > 1:
+            # leave-one-out baseline: an episode is judged against the others of its batch, so
+            # identical episodes (a collapsing policy) get no push at all
+            adv = r - (r.sum() - r) / (len(r) - 1)
+        else:
+            adv = r - self.baseline
+        self.reward_var = (1 - a) * float(self.reward_var or 0.0) + a * float(r.var() if len(r) > 1 else adv[0] ** 2)
+        scale = math.sqrt(max(self.reward_var, 1e-8))
         adv_t = torch.from_numpy(adv / scale).float()
         for _ in range(self.config.steps_per_batch):
             terms = [self._log_prob_entropy(ep) for ep in episodes]
@@ -168,7 +179,6 @@ class ReinforceAgent(Agent):
             loss.backward()
             self.opt.step()
         self.baseline = self.baseline + a * (float(r.mean()) - self.baseline)
-        self.reward_var = (1 - a) * float(self.reward_var or 0.0) + a * float(np.mean(adv**2))
 
     # -- state and transfer ------------------------------------------------------------------
 
@@ -191,7 +201,7 @@ class ReinforceAgent(Agent):
     def save_policy(self, path: str | Path) -> None:
         """The policy's weights and what they mean (features, keep choices), for transfer."""
         torch.save(
-            {"policy": self.policy.state_dict(), "features": list(FEATURES), "keep_choices": list(self.keep_choices), "hidden": self.config.hidden},
+            {"policy": self.policy.state_dict(), "features": list(FEATURES), "prune_actions": list(self.prune_actions), "hidden": self.config.hidden},
             str(path),
         )
 
@@ -203,6 +213,6 @@ class ReinforceAgent(Agent):
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
         if list(obj.get("features", [])) != list(FEATURES):
             raise UsageError(f"policy '{p}' was trained on other observation features; it cannot be transferred")
-        if tuple(float(k) for k in obj["keep_choices"]) != self.keep_choices or int(obj["hidden"]) != self.config.hidden:
-            raise UsageError(f"policy '{p}' has keep_choices={obj['keep_choices']} hidden={obj['hidden']}; configure the agent the same way")
+        if tuple(float(k) for k in obj["prune_actions"]) != self.prune_actions or int(obj["hidden"]) != self.config.hidden:
+            raise UsageError(f"policy '{p}' has prune_actions={obj['prune_actions']} hidden={obj['hidden']}; configure the agent the same way")
         self.policy.load_state_dict(obj["policy"])

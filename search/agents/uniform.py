@@ -6,42 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import numpy as np
-
 from onnxcompress.errors import UsageError
 from onnxcompress.search.agents.base import Agent, AgentContext, register_agent
 from onnxcompress.search.env import CompressionEnv, Episode
-from onnxcompress.search.space import keep_bounds
 
 
 @dataclass(frozen=True)
 class UniformConfig:
     iterations: int = 40  # bisection steps on the keep ratio
-
-
-def uniform_keep_ratio(env: CompressionEnv, iterations: int = 40) -> float:
-    """The largest r such that keeping round(r * channels) of every group fits the budget."""
-    s = env.space.structure(frozenset())
-    groups = s.groups
-
-    def keep(r: float) -> dict[str, int]:
-        out = {}
-        for d in groups:
-            c = s.channels(d.local)
-            lo, hi = keep_bounds(c, env.config.min_keep)
-            out[d.local] = int(np.clip(int(round(r * c)), lo, hi))
-        return out
-
-    def fits(r: float) -> bool:
-        return env.budget.allows(env.space.cost(structure=s, keep=keep(r)))
-
-    if fits(1.0):
-        return 1.0
-    lo, hi = env.config.min_keep, 1.0
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
 
 
 @register_agent("uniform", UniformConfig, ("prune",), "same keep ratio everywhere, bisected on SearchCost to meet the target")
@@ -56,8 +28,8 @@ class UniformAgent(Agent):
         self.proposed = True
         stages = env.config.stages
         if stages == ("prune",):
-            r = uniform_keep_ratio(env, self.config.iterations)
-            return [env.replay([r] * len(env.space.groups))]
+            r = env.uniform_keep(iterations=self.config.iterations)
+            return [env.replay_fractions([r] * len(env.space.groups))]
         if stages == ("quantize",):
             choices = env.config.bits
             layers = env.space.quantizable

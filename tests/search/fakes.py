@@ -120,3 +120,17 @@ def best_uniform_accuracy(model: onnx.ModelProto, macs: float) -> float:
         if budget.allows(space.cost(keep=keep)):
             best = max(best, fake.accuracy((), keep, {}))
     return best
+
+
+def quantize_optimum(model: onnx.ModelProto, size: float, bits: tuple[int, ...] = (4, 8)) -> float:
+    """Best fake accuracy under a size budget over every bit assignment (brute force)."""
+    fake = FakeEvaluator(model)
+    space = fake.space
+    budget = Budget.of(Target(size=size), space.teacher_cost)
+    names = [d.ident for d in space.quantizable]
+    best = -1.0
+    for combo in itertools.product(bits, repeat=len(names)):
+        b = dict(zip(names, combo))
+        if budget.allows(space.cost(bits=b)):
+            best = max(best, fake.accuracy((), {}, b))
+    return best

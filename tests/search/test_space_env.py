@@ -64,17 +64,34 @@ def test_observation_is_named_and_normalised():
     obs = env.reset()
     assert obs.shape == (len(FEATURES),) and obs.dtype == np.float32
     assert env.feature_names == FEATURES
-    seen = [obs]
+    seen, applied = [obs], []
     while True:
         step = env.step(0.7)
+        applied.append(step.applied)
         if step.done:
             break
         seen.append(step.observation)
     arr = np.stack(seen)
     assert np.all(arr >= -1e-6) and np.all(arr <= 1 + 1e-6)
     assert arr[0, FEATURES.index("index")] == 0 and arr[-1, FEATURES.index("index")] == 1
-    assert arr[1, FEATURES.index("prev_action")] == pytest.approx(0.75)  # 6 of 8 channels
+    assert arr[1, FEATURES.index("prev_action")] == pytest.approx(applied[0])
     assert np.all(np.diff(arr[:, FEATURES.index("macs_cut")]) >= 0)
+
+
+def test_centred_actions():
+    """0.5 asks for the uniform ratio that meets the budget, 0 for min_keep, 1 for everything."""
+    env = CompressionEnv(SPACES["chain"], Target(macs=0.5))
+    u = env.uniform_keep()
+    assert 0.6 < u < 0.8
+    assert env.keep_fraction(0.5, u) == pytest.approx(u)
+    assert env.keep_fraction(0.0, u) == pytest.approx(0.2) and env.keep_fraction(1.0, u) == 1.0
+    for f in (0.2, 0.3, u, 0.9, 1.0):
+        assert env.keep_fraction(env.action_for(f, u), u) == pytest.approx(f)
+    ep = env.replay([0.5] * 4)
+    kept = ep.plan["passes"][0]["groups"]
+    assert kept == {g: round(u * c) for g, c in zip(("g0", "g1", "g2", "g3"), (8, 16, 16, 24)) if round(u * c) < c}
+    raw = CompressionEnv(SPACES["chain"], Target(macs=0.5), EnvConfig(center=False))
+    assert raw.keep_fraction(0.3, u) == 0.3
 
 
 def test_unreachable_target_is_a_clear_error():
