@@ -25,9 +25,10 @@ class TrainedTeacher:
     seed: int = 0
 
 
-# CIFAR-10 here is the 10k-image JPEG training subset of ../shared/realdata. ResNet-20 takes about
-# 90 s per epoch on one busy core of the 2-core benchmark machine, so 30 epochs stay within an hour
-# even when the machine is shared; add teachers here with their measured cost.
+# CIFAR-10 here is the 10k-image JPEG training subset of ../shared/realdata. Measured on the shared
+# 2-core machine (one thread, other jobs running), ResNet-20 trains at 90-240 s per epoch, so its 30
+# epochs take one to two hours: run `python -m bench.teachers` well before a benchmark. Add
+# teachers here with their measured cost.
 TRAINED: dict[str, TrainedTeacher] = {
     "resnet20_cifar10": TrainedTeacher("resnet20", "cifar10", epochs=30),
 }
