@@ -207,6 +207,13 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_compress(args) -> int:
+    from onnxcompress.compiler.config import Target, parse_int_list
+
+    # validate the cheap things before importing the heavy pipeline (torch): bad options fail fast
+    for t in args.target:
+        Target.parse(t)
+    if args.classes:
+        parse_int_list(args.classes, "--classes")
     from onnxcompress.compiler.pipeline import compress_command
 
     return compress_command(args)
