@@ -92,18 +92,18 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, load average at start {load:.1f}"
 
 
-def run_agents(task: Task, agents: list[str], episodes: int, seed: int, target: float, executor: ExecutorConfig, progress: bool) -> list[dict]:
+def run_agents(task: Task, agents: list[str], episodes: int, seed: int, target: float, executor: ExecutorConfig, progress: bool, center: bool = True) -> list[dict]:
     heldout = Evaluator(task.teacher, task.heldout, task.calib, seed=seed)
     rows = []
     for agent in agents:
-        cfg = SearchConfig(agent=agent, episodes=episodes, targets=(Target(macs=target),), seed=seed)
+        cfg = SearchConfig(agent=agent, episodes=episodes, targets=(Target(macs=target),), seed=seed, center=center)
         t0 = time.perf_counter()
         result = run_search(task.teacher, task.val, task.calib, cfg, executor=executor, progress=progress)
         wall = time.perf_counter() - t0
         best = result.best[0]
         row = {
             "agent": agent,
-            "stages": "+".join(cfg.resolved_stages()),
+            "stages": "+".join(cfg.resolved_stages()) + ("" if center else " (raw actions)"),
             "episodes": result.episodes,
             "evaluations": result.evaluations,
             "wall_s": wall,
@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the raw rows here")
     p.add_argument("--note", action="append", default=[], help="a line for the Notes section")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--raw-actions", action="store_true", help="AMC's raw keep-ratio actions instead of actions centred on uniform")
     args = p.parse_args(argv)
     command = "python bench/search_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
@@ -227,12 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     executor = ExecutorConfig(args.executor, args.workers)
     if not args.executor_only:
         agents = [a.strip() for a in args.agents.split(",") if a.strip()]
-        tasks.append((task, run_agents(task, agents, args.episodes, args.seed, args.target, executor, not args.no_progress)))
+        tasks.append((task, run_agents(task, agents, args.episodes, args.seed, args.target, executor, not args.no_progress, not args.raw_actions)))
         r20 = resnet20_task()
         if r20 is None:
             notes.append("ResNet-20: onnxcompress.models has no cached trained ResNet-20 teacher yet (bench/.cache/teachers); not included.")
         else:
-            tasks.append((r20, run_agents(r20, agents, args.episodes, args.seed, args.target, executor, not args.no_progress)))
+            tasks.append((r20, run_agents(r20, agents, args.episodes, args.seed, args.target, executor, not args.no_progress, not args.raw_actions)))
     speed = None if args.no_executor_bench else executor_speed(task, args.speed_plans, args.seed, args.workers)
     write_markdown(Path(args.out), command, tasks, speed, notes)
     if args.json:

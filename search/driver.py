@@ -56,6 +56,7 @@ class SearchConfig:
     bits: tuple[int, ...] = (4, 8)
     criterion: str = "l1"
     reconstruct: bool = True
+    center: bool = True  # prune actions centred on the uniform ratio (EnvConfig.center)
     val_limit: int = 1000  # validation images the evaluator uses (the first ones)
     calib_limit: int = 256  # calibration inputs for the least-squares refit
     measure_latency: bool = False  # forced on by a latency target
@@ -85,7 +86,7 @@ class SearchConfig:
         return self.stages if self.stages is not None else get_agent(self.agent).stages
 
     def env_config(self) -> EnvConfig:
-        return EnvConfig(self.resolved_stages(), self.min_keep, self.bits, self.criterion, self.reconstruct, self.reward)
+        return EnvConfig(self.resolved_stages(), self.min_keep, self.bits, self.criterion, self.reconstruct, self.reward, self.center)
 
     @property
     def wants_latency(self) -> bool:
@@ -171,12 +172,12 @@ class Search:
     """A search in progress (what run_search drives); exposes the agent of the current target
     (e.g. to save a trained policy)."""
 
-    def __init__(self, teacher: onnx.ModelProto, config: SearchConfig, executor: Executor, latency: LatencyModel | None) -> None:
+    def __init__(self, teacher: onnx.ModelProto, config: SearchConfig, executor: Executor, latency: LatencyModel | None, precision=None) -> None:
         self.teacher = teacher
         self.config = config
         self.executor = executor
         self.latency = latency
-        self.space = SearchSpace(teacher, latency)
+        self.space = SearchSpace(teacher, latency, precision)
         self.spec = get_agent(config.agent)
         self.candidates: list[Candidate] = []
         self.target_index = 0
@@ -286,14 +287,20 @@ def run_search(
         exe = executor  # type: ignore[assignment]
     try:
         cp = ckpt.load(checkpoint_dir) if checkpoint_dir is not None else None
-        latency = None
-        if cp is not None and cp.state.get("latency_model") is not None:
-            latency = LatencyModel.from_json(cp.state["latency_model"])  # measured once, reused
-        elif any(t.latency is not None for t in config.targets):
+        latency, precision = None, None
+        if any(t.latency is not None for t in config.targets):
             if val is None:
                 raise UsageError("a latency target needs validation inputs to measure latency on")
-            latency = fit_latency_model(teacher, np.asarray(val.x[:32]))
-        search = Search(teacher, config, exe, latency)
+            if config.resolved_stages() == ("quantize",):
+                # HAQ's hardware feedback: the quantize pass's measured per-layer latency table
+                from onnxcompress.compiler.precision import PrecisionCost
+
+                precision = PrecisionCost.build(teacher, np.asarray(val.x[:64]), precisions=tuple(b for b in config.bits if b != 32))
+            elif cp is not None and cp.state.get("latency_model") is not None:
+                latency = LatencyModel.from_json(cp.state["latency_model"])  # measured once, reused
+            else:
+                latency = fit_latency_model(teacher, np.asarray(val.x[:32]))
+        search = Search(teacher, config, exe, latency, precision)
         agent_state = None
         if cp is not None:
             search.restore(cp)

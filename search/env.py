@@ -39,6 +39,7 @@ from onnxcompress.search.space import Decision, SearchSpace, Structure, bits_fro
 from onnxcompress.search.targets import Target
 
 STAGE_ORDERS = (("prune",), ("remove",), ("remove", "prune"), ("quantize",))
+BIT_WIDTHS = (4, 8, 16, 32)  # what the quantize pass writes (compiler/qdq.py)
 
 FEATURES = (
     "index",  # position in the stage, 0..1
@@ -80,8 +81,8 @@ class EnvConfig:
             raise UsageError(f"unsupported stages {self.stages}; choose one of {[list(s) for s in STAGE_ORDERS]}")
         if not 0.0 < self.min_keep <= 1.0:
             raise UsageError(f"min_keep must be in (0, 1], got {self.min_keep}")
-        if not self.bits or sorted(set(self.bits)) != list(self.bits) or any(b not in (2, 4, 8, 16, 32) for b in self.bits):
-            raise UsageError(f"bits must be increasing widths from 2, 4, 8, 16, 32; got {self.bits}")
+        if not self.bits or sorted(set(self.bits)) != list(self.bits) or any(b not in BIT_WIDTHS for b in self.bits):
+            raise UsageError(f"bits must be increasing widths from {', '.join(map(str, BIT_WIDTHS))}; got {self.bits}")
         get_reward(self.reward)
 
 
@@ -146,7 +147,7 @@ class CompressionEnv:
         self.teacher_metrics = teacher_metrics
         self._evaluate = evaluate
         self._reward = get_reward(config.reward)
-        if target.latency is not None and space.latency is None:
+        if target.latency is not None and space.latency is None and space.precision is None:
             raise UsageError("a latency target needs a latency model (the search fits one when it measures latency)")
         self.budget = Budget.of(target, self.teacher)
         self.feature_names = FEATURES
@@ -159,6 +160,7 @@ class CompressionEnv:
         }
         self._state = _Rollout()
         self._uniform_cache: dict[frozenset[str], float] = {}
+        self._floor_bits = self._cheapest_bits()
         self._check_reachable()
 
     # -- budget ------------------------------------------------------------------------------
@@ -169,7 +171,7 @@ class CompressionEnv:
     def _check_reachable(self) -> None:
         stages = self.config.stages
         if "quantize" in stages:
-            lo = min(self.config.bits)
+            lo = self._floor_bits
             cost = self.space.cost(bits={d.ident: lo for d in self.space.quantizable})
         elif "prune" in stages:
             base = self.space.structure(frozenset())
@@ -180,8 +182,20 @@ class CompressionEnv:
             t = self.teacher
             raise UsageError(
                 f"target {self.target.label()} cannot be reached by {'+'.join(stages)}: the smallest candidate keeps "
-                f"macs={cost.macs / t.macs:.3f}, params={cost.params / t.params:.3f}, size={cost.size_bytes / t.size_bytes:.3f} of the teacher"
+                f"macs={cost.macs / t.macs:.3f}, params={cost.params / t.params:.3f}, size={cost.size_bytes / t.size_bytes:.3f}"
+                + (f", latency={cost.latency_ms / t.latency_ms:.3f}" if cost.latency_ms is not None and t.latency_ms else "")
+                + " of the teacher"
             )
+
+    def _cheapest_bits(self) -> int:
+        """The bit width the quantize clamp assumes for layers still to decide: the narrowest,
+        unless a latency budget is set and another width is faster (int4 weight-only layers
+        can be slower than fp32 in onnxruntime)."""
+        choices = tuple(self.config.bits)
+        if self.budget.latency_ms is None or "quantize" not in self.config.stages:
+            return choices[0]
+        layers = self.space.quantizable
+        return min(choices, key=lambda b: (self.space.cost(bits={d.ident: b for d in layers}).latency_ms or 0.0, b))
 
     def _min_keep(self, decisions: tuple[Decision, ...], structure: Structure | None = None) -> dict[str, int]:
         s = structure or self.space.structure(frozenset())
@@ -399,11 +413,10 @@ class CompressionEnv:
         st = self._state
         choices = tuple(self.config.bits)
         want = bits_from_action(a, choices)
-        future = {x.ident: choices[0] for x in st.decisions[st.index + 1 :]}
-        for b in sorted((c for c in choices if c <= want), reverse=True):
-            if self.budget.allows(self.space.cost(bits={**st.bits, d.ident: b, **future})) or b == choices[0]:
-                want = b
-                break
+        floor = self._floor_bits
+        future = {x.ident: floor for x in st.decisions[st.index + 1 :]}
+        fitting = [b for b in sorted((c for c in choices if c <= want), reverse=True) if self.budget.allows(self.space.cost(bits={**st.bits, d.ident: b, **future}))]
+        want = fitting[0] if fitting else floor
         st.bits[d.ident] = want
         return (choices.index(want) + 0.5) / len(choices)
 

@@ -34,7 +34,6 @@ from onnxcompress.search.latency import LatencyModel
 from onnxcompress.search.metrics import Cost
 
 KINDS = ("remove", "prune", "quantize")
-BIT_CHOICES = ((4, 8), (4, 8, 16, 32), (2, 4, 8), (2, 4, 8, 16, 32))
 
 
 @dataclass(frozen=True)
@@ -130,9 +129,13 @@ class SearchSpace:
     """Decisions and exact cost predictions for one canonical teacher. Structures after removals
     are built on first use and memoised (a pure function of the removal set)."""
 
-    def __init__(self, teacher: onnx.ModelProto, latency: LatencyModel | None = None) -> None:
+    def __init__(self, teacher: onnx.ModelProto, latency: LatencyModel | None = None, precision: Any = None) -> None:
+        """`latency`: MACs -> latency model for pruning searches. `precision`: a
+        compiler.precision.PrecisionCost built with a sample, for quantization searches: its
+        measured per-layer table (HAQ's hardware feedback) then predicts latency instead."""
         self.teacher = teacher
         self.latency = latency
+        self.precision = precision
         self.analysis = analyze(import_graph(teacher))
         self.search_cost = SearchCost(self.analysis)
         a = self.analysis
@@ -232,7 +235,10 @@ class SearchSpace:
             for name, b in bits.items():
                 layer = self._layers[name]
                 size -= layer.params * (BYTES_PER_ELEMENT[32] - BYTES_PER_ELEMENT[int(b)])
-        latency = self.latency.predict(macs) if self.latency is not None else None
+        if self.precision is not None:
+            latency = float(self.precision.latency_ms(dict(bits or {}), batch=1))
+        else:
+            latency = self.latency.predict(macs) if self.latency is not None else None
         return Cost(macs=int(macs), params=int(params), size_bytes=int(round(size)), latency_ms=latency)
 
     # -- plans -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from onnxcompress.compiler.data import Dataset
 from onnxcompress.errors import UsageError
 from onnxcompress.search import ExecutorConfig, SearchConfig, Target, run_search
 from onnxcompress.search.agents.ddpg import DDPGConfig
+from onnxcompress.search.agents.haq import HAQConfig
 from onnxcompress.search.executors import InProcessExecutor
 from onnxcompress.search.metrics import Metrics
 from onnxcompress.search.pareto import Candidate, best_for_target, pareto_front
@@ -142,3 +143,15 @@ def test_end_to_end_with_the_real_evaluator():
     assert r.best[0].metrics.macs <= 0.6 * r.teacher.macs and 0 < r.best[0].metrics.accuracy <= 1
     out = r.to_json()
     assert out["best"][0]["plan"] == r.best[0].plan and out["evaluations"] == 1
+
+
+def test_haq_latency_target_uses_the_quantize_latency_table():
+    """A latency target on the quantize stage: the measured per-layer table of
+    compiler.precision predicts latency for the clamp; the evaluator measures every candidate."""
+    x = np.random.default_rng(0).standard_normal((48, 3, 8, 8)).astype(np.float32)
+    cfg = SearchConfig(agent="haq", episodes=3, targets=({"latency": 1.0},), bits=(8, 32), val_limit=48, calib_limit=32,
+                       agent_config=HAQConfig(updates_per_episode=1, min_warmup=1))
+    r = run_search(CHAIN, Dataset(x), x, cfg, progress=False)
+    assert r.teacher.latency_ms is not None
+    assert all(c.metrics.latency_ms is not None for c in r.candidates if c.metrics.feasible)
+    assert all(s["pass"] == "quantize" for c in r.candidates for s in c.plan["passes"])
