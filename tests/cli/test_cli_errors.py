@@ -53,6 +53,23 @@ def files(tmp_path_factory):
     g = GraphBuilder()
     y = g.relu(g.node("Add", ["x", g.const(np.ones((1, 3, 1, 1), np.float32))]))
     (d / "noconv.onnx").write_bytes(g.build(y).SerializeToString())
+    ext = resnet_like()
+    init = ext.graph.initializer[0]
+    init.ClearField("raw_data")
+    del init.float_data[:]
+    init.data_location = onnx.TensorProto.EXTERNAL
+    init.external_data.add(key="location", value="../outside.bin")
+    (d / "external_outside.onnx").write_bytes(ext.SerializeToString())
+    ext.graph.initializer[0].external_data[0].value = "weights_missing.bin"
+    (d / "external_missing.onnx").write_bytes(ext.SerializeToString())
+    two = resnet_like()
+    two.graph.output.append(onnx.helper.make_tensor_value_info(two.graph.node[0].output[0], onnx.TensorProto.FLOAT, ["N", 16, 8, 8]))
+    (d / "two_outputs.onnx").write_bytes(two.SerializeToString())
+    dyn = resnet_like()
+    dims = dyn.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    del dyn.graph.value_info[:]
+    (d / "dynamic.onnx").write_bytes(dyn.SerializeToString())
     (d / "plan.json").write_text(json.dumps({"passes": [{"pass": "prune_channels", "ratio": 0.5}]}))
     (d / "plan_badid.json").write_text(json.dumps({"passes": [{"pass": "prune_channels", "group": "g77", "keep": 2}]}))
     (d / "plan_badpass.json").write_text(json.dumps({"passes": [{"pass": "shrink"}]}))
@@ -72,6 +89,10 @@ CASES = [
     ("truncated", ["inspect", "{d}/truncated.onnx"], 3, "ONNX"),
     ("checker rejects", ["inspect", "{d}/checker.onnx"], 3, "checker"),
     ("NaN weights", ["inspect", "{d}/nan_weights.onnx"], 3, "NaN or Inf"),
+    ("external data outside folder", ["inspect", "{d}/external_outside.onnx"], 3, "outside"),
+    ("external data missing", ["inspect", "{d}/external_missing.onnx"], 3, "missing"),
+    ("several outputs", ["inspect", "{d}/two_outputs.onnx"], 3, "2 outputs"),
+    ("dynamic spatial size", ["inspect", "{d}/dynamic.onnx"], 3, "dynamic size"),
     ("no conv or gemm", ["apply", "{d}/noconv.onnx", "{d}/plan.json", "-o", "{d}/out.onnx"], 3, "no Conv"),
     ("unknown pass", ["apply", "{d}/model.onnx", "{d}/plan_badpass.json", "-o", "{d}/out.onnx"], 5, "unknown pass"),
     ("unknown group id", ["apply", "{d}/model.onnx", "{d}/plan_badid.json", "-o", "{d}/out.onnx"], 5, "unknown group"),
@@ -85,6 +106,7 @@ CASES = [
     ("channels mismatch", ["eval", "{d}/model.onnx", "--data", "{d}/grey.npz"], 4, "channel"),
     ("labels out of range", ["eval", "{d}/model.onnx", "--data", "{d}/bad_labels.npz"], 4, "label"),
     ("NaN data", ["eval", "{d}/model.onnx", "--data", "{d}/nan.npz"], 4, "NaN"),
+    ("classes out of range", ["compress", "{d}/model.onnx", "--data", "{d}/data.npz", "--target", "macs=0.5", "--classes", "3,12", "-o", "{d}/out.onnx"], 2, "out of range"),
     ("missing data", ["eval", "{d}/model.onnx", "--data", "{d}/nodata.npz"], 4, "does not exist"),
     ("bad target", ["compress", "{d}/model.onnx", "--data", "{d}/data.npz", "--target", "macs:half", "-o", "{d}/out.onnx"], 2, "target"),
     ("impossible target", ["compress", "{d}/model.onnx", "--data", "{d}/data.npz", "--target", "macs=1.5", "-o", "{d}/out.onnx"], 2, "impossible"),
