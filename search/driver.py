@@ -62,6 +62,7 @@ class SearchConfig:
     measure_latency: bool = False  # forced on by a latency target
     checkpoint_every: int = 5  # rounds (batches) between checkpoints
     agent_config: Any = None  # the agent's own config dataclass; None = its defaults
+    channel_multiple: int = 1  # kept channel counts snap to this multiple (compiler/hardware.py)
     load_policy: str | None = None  # agents with load_policy (reinforce): start from this policy
     save_policy: str | None = None  # ... and save the trained policy here
 
@@ -86,7 +87,7 @@ class SearchConfig:
         return self.stages if self.stages is not None else get_agent(self.agent).stages
 
     def env_config(self) -> EnvConfig:
-        return EnvConfig(self.resolved_stages(), self.min_keep, self.bits, self.criterion, self.reconstruct, self.reward, self.center)
+        return EnvConfig(self.resolved_stages(), self.min_keep, self.bits, self.criterion, self.reconstruct, self.reward, self.center, self.channel_multiple)
 
     @property
     def wants_latency(self) -> bool:

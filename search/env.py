@@ -75,8 +75,13 @@ class EnvConfig:
     reconstruct: bool = True
     reward: str = "accuracy"
     center: bool = True  # prune actions centred on the uniform ratio that meets the budget
+    # kept channel counts snap to multiples of this when the budget allows (hardware-friendly
+    # widths: see compiler/hardware.py; 1 = any count)
+    channel_multiple: int = 1
 
     def __post_init__(self) -> None:
+        if self.channel_multiple < 1:
+            raise UsageError(f"channel_multiple must be >= 1, got {self.channel_multiple}")
         if tuple(self.stages) not in STAGE_ORDERS:
             raise UsageError(f"unsupported stages {self.stages}; choose one of {[list(s) for s in STAGE_ORDERS]}")
         if not 0.0 < self.min_keep <= 1.0:
@@ -406,8 +411,20 @@ class CompressionEnv:
                 else:
                     right = mid - 1
             want = left
+        want = self._snap(want, channels, lo, fits)
         st.keep[d.local] = want
         return self.action_for(want / channels, st.uniform)
+
+    def _snap(self, want: int, channels: int, lo: int, fits) -> int:
+        """The nearest multiple of `channel_multiple` to `want` that keeps the budget and the
+        minimum (a width off the grid can be slower than the unpruned layer); `want` itself when
+        no multiple qualifies, so the budget guarantee never depends on the rounding."""
+        m = self.config.channel_multiple
+        if m <= 1 or channels <= m or want % m == 0:
+            return want
+        down, up = (want // m) * m, min(channels, -(-want // m) * m)
+        options = [k for k in (up, down) if k >= max(lo, 1) and (k <= want or fits(k))]
+        return min(options, key=lambda k: (abs(k - want), -k)) if options else want
 
     def _apply_quantize(self, d: Decision, a: float) -> float:
         st = self._state

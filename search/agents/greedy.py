@@ -54,7 +54,7 @@ class GreedyAgent(Agent):
             raise UsageError("agent 'greedy' searches the prune stage only")
         if not self.started:
             self.started = True
-            self.pending = ["base"] + [f"{d.ident}@{k:g}" for d in env.space.groups for k in self.config.scan_keep]
+            self.pending = ["base"] + self._scan_labels([d.ident for d in env.space.groups])
         if not self.pending and not self.allocated:
             # the scan is complete (the driver tells before it asks again): allocate
             self.allocated = True
@@ -67,9 +67,26 @@ class GreedyAgent(Agent):
         for label, r in zip(getattr(self, "_asked", []), rewards):
             self.scores[label] = float(r)
 
+    def _scan_labels(self, groups: list[str]) -> list[str]:
+        """The probes, cut to the episode budget (the allocations are always kept): fewer keep
+        ratios per group (0.5 first), and with too few episodes even for that, the first groups
+        only (the others then count with the scanned groups' mean sensitivity)."""
+        room = self.context.episodes - 1 - len(self.config.cost_exponents)
+        levels = sorted(self.config.scan_keep, key=lambda k: (abs(k - 0.5), k))
+        per_group = max(0, min(len(levels), room // max(1, len(groups))))
+        if per_group == 0:
+            return [f"{g}@{levels[0]:g}" for g in groups[: max(0, room)]] if levels else []
+        return [f"{g}@{k:g}" for g in groups for k in sorted(levels[:per_group])]
+
+    def _scanned(self, gid: str) -> bool:
+        return any(f"{gid}@{k:g}" in self.scores for k in self.config.scan_keep)
+
     def _drop(self, gid: str, f: float) -> float:
         """Interpolated reward lost when group `gid` keeps fraction f (0 at f = 1)."""
         base = self.scores.get("base", 0.0)
+        if not self._scanned(gid):
+            others = sorted({label.split("@")[0] for label in self.scores if "@" in label and not label.startswith("alloc@")})
+            return float(np.mean([self._drop(g, f) for g in others])) if others else 0.0
         pts = sorted([(1.0, 0.0)] + [(k, base - self.scores[f"{gid}@{k:g}"]) for k in self.config.scan_keep if f"{gid}@{k:g}" in self.scores])
         xs = np.array([p[0] for p in pts])
         ys = np.maximum.accumulate(np.array([p[1] for p in pts])[::-1])[::-1]  # monotone: less kept never loses less

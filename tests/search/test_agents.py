@@ -142,3 +142,11 @@ def test_incompatible_policy_is_refused(tmp_path):
         _agent().load_policy(path)
     with pytest.raises(UsageError, match="does not exist"):
         _agent().load_policy(tmp_path / "missing.pt")
+
+
+def test_greedy_fits_its_scan_to_the_episode_budget():
+    r = search("greedy", 8)  # 1 + 4 groups x 1 ratio + 3 allocations
+    assert r.episodes == 8
+    assert r.best[0].plan is not None and r.best[0].metrics.within(Target(macs=0.5), r.teacher)
+    r = search("greedy", 5)  # not even one ratio per group: 1 + 1 group + 3 allocations
+    assert r.episodes == 5 and r.best[0].plan is not None

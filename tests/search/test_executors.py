@@ -54,6 +54,7 @@ def test_process_pool_is_identical(reference):
         assert pool.evaluate_many(plans()[:2]) == results[:2] and pool.evaluations == 5
 
 
+@pytest.mark.slow  # starting a local Ray instance takes 20 s to minutes on a busy 2-core machine
 def test_ray_is_identical(reference):
     pytest.importorskip("ray")
     ev, results = reference
