@@ -166,3 +166,36 @@ def test_probe_is_not_clamped_but_honest():
     ep = env.probe({"g1": 0.5})
     assert ep.plan["passes"][0]["groups"] == {"g1": 8}
     assert not ep.within_budget
+
+
+def test_channel_multiple_snaps_widths_within_budget():
+    """With a channel multiple, kept counts land on the grid whenever the budget allows, and the
+    budget still always holds."""
+    import numpy as np
+
+    from onnxcompress.compiler.onnx_io import canonicalize
+    from onnxcompress.search.env import CompressionEnv, EnvConfig
+    from onnxcompress.search.space import SearchSpace
+    from onnxcompress.search.targets import Target
+    from tests.builders import resnet_like
+
+    teacher = canonicalize(resnet_like(width=32, blocks=2))
+    space = SearchSpace(teacher)
+    env = CompressionEnv(space, Target(macs=0.5), EnvConfig(channel_multiple=8))
+    rng = np.random.default_rng(0)
+    on_grid = total = 0
+    for _ in range(10):
+        obs = env.reset()
+        done = False
+        while not done:
+            step = env.step(float(rng.random()))
+            done = step.done
+        episode = step.episode
+        assert episode.within_budget and episode.cost.macs <= 0.5 * space.teacher_cost.macs * (1 + 1e-9)
+        keep = next(p["groups"] for p in episode.plan["passes"] if p["pass"] == "prune_channels")
+        sizes = {g.id: g.channels for g in space.analysis.groups}
+        # off the grid only where rounding down would break the minimum and up the budget
+        assert all(k % 8 == 0 or k == sizes[g] or (k // 8) * 8 < np.ceil(0.2 * sizes[g]) for g, k in keep.items()), keep
+        on_grid += sum(k % 8 == 0 for k in keep.values())
+        total += len(keep)
+    assert on_grid >= 0.75 * total
