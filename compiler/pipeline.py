@@ -345,14 +345,13 @@ def _search(base: onnx.ModelProto, job: JobData, config: CompressConfig, save_po
     from onnxcompress.compiler.hardware import channel_multiple
     from onnxcompress.search.driver import SearchConfig, run_search
     from onnxcompress.search.executors import ExecutorConfig
-    from onnxcompress.search.targets import Target as SearchTarget
 
     agent = config.agent or _default_agent(config.targets[0])
     episodes = config.episodes or DEFAULT_EPISODES.get(agent, 40)
     search_config = SearchConfig(
         agent=agent,
         episodes=episodes,
-        targets=tuple(SearchTarget.from_json(t.to_json()) for t in config.targets),
+        targets=config.targets,
         seed=config.seed,
         val_limit=config.val_size,
         calib_limit=config.calib_size,
