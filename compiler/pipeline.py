@@ -577,7 +577,7 @@ def demo_command(args) -> int:
             max_drop=1.0,
             agent=None,
             episodes=8 if args.quick else None,
-            finetune_epochs=1 if args.quick else 3,
+            finetune_epochs=1 if args.quick else 6,
             seed=args.seed,
             progress=True,
             name="demo_teacher.onnx",
