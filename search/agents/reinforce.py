@@ -42,11 +42,12 @@ class ReinforceConfig:
     hidden: int = 32
     lr: float = 0.03
     prune_actions: tuple[float, ...] = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)  # env actions (0.5 = uniform)
-    keep_prior: float = 0.9  # initial P(keep) of a removable unit
+    keep_prior: float = 0.97  # initial P(keep) of a removable unit: removal without fine-tuning is rarely good
     entropy: float = 0.01
     baseline_alpha: float = 0.3  # moving-average rate (baseline of single episodes, reward std)
     steps_per_batch: int = 1  # gradient steps per told batch
-    credit_applied: bool = True  # credit the clamped action that was applied, not the sampled one
+    final_temperature: float = 1.0  # sampling temperature at the last episode (1 = none)
+    credit_applied: bool = False  # credit the clamped (applied) action instead of the sampled one (biased)
 
 
 class Policy(nn.Module):
@@ -94,6 +95,7 @@ class ReinforceAgent(Agent):
         self.baseline: float | None = None
         self.reward_var: float | None = None
         self.n_bits = 2  # set from the environment at each ask
+        self.asked = 0  # episodes rolled out (the sampling temperature follows it)
 
     # -- acting ------------------------------------------------------------------------------
 
@@ -111,14 +113,21 @@ class ReinforceAgent(Agent):
             return int(np.argmin([abs(k - action) for k in self.prune_actions]))
         return min(self.n_bits - 1, int(action * self.n_bits))
 
-    def _rollout(self, env: CompressionEnv, greedy: bool = False) -> Episode:
+    def temperature(self, episode: int) -> float:
+        """Sampling temperature: 1 at the first episode, decaying geometrically to
+        `final_temperature` at the last one (exploration first, exploitation last, like
+        DDPG's decaying noise); the policy gradient uses the same tempered distribution."""
+        n = max(1, self.context.episodes - 1)
+        return float(self.config.final_temperature ** (min(episode, n) / n))
+
+    def _rollout(self, env: CompressionEnv, greedy: bool = False, temperature: float = 1.0) -> Episode:
         obs = env.reset()
         state = None
         with torch.no_grad():
             while True:
                 kind = _kind(obs)
                 logits, state = self.policy.logits(torch.from_numpy(obs).float(), state, kind, self.n_bits)
-                p = torch.softmax(logits.double(), 0).numpy()
+                p = torch.softmax(logits.double() / temperature, 0).numpy()
                 i = int(np.argmax(p)) if greedy else int(self.rng.choice(len(p), p=p / p.sum()))
                 step = env.step(self._action(kind, i))
                 if step.done:
@@ -130,7 +139,11 @@ class ReinforceAgent(Agent):
         self.n_bits = len(env.config.bits)
         if self.n_bits > MAX_BITS_CHOICES:
             raise UsageError(f"agent 'reinforce' supports at most {MAX_BITS_CHOICES} bit widths")
-        return [self._rollout(env) for _ in range(n)]
+        out = []
+        for _ in range(n):
+            out.append(self._rollout(env, temperature=self.temperature(self.asked)))
+            self.asked += 1
+        return out
 
     def greedy_episode(self, env: CompressionEnv) -> Episode:
         """The policy's most likely episode (what a transferred policy proposes first)."""
@@ -139,16 +152,16 @@ class ReinforceAgent(Agent):
 
     # -- learning ----------------------------------------------------------------------------
 
-    def _log_prob_entropy(self, ep: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+    def _log_prob_entropy(self, ep: Episode, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         state = None
         logp = torch.zeros(())
         ent = torch.zeros(())
-        # the applied action (after the budget clamp) is what produced the reward, so it is the
-        # one credited; it is the sampled one whenever the clamp did not bind
+        # REINFORCE credits the sampled action (unbiased); `credit_applied` credits the action the
+        # budget clamp turned it into instead (they differ only where the clamp binds)
         for obs, action in zip(ep.observations, ep.applied if self.config.credit_applied else ep.actions):
             kind = _kind(obs)
             logits, state = self.policy.logits(torch.from_numpy(obs).float(), state, kind, self.n_bits)
-            lp = torch.log_softmax(logits, 0)
+            lp = torch.log_softmax(logits / temperature, 0)
             logp = logp + lp[self._index(kind, float(action))]
             ent = ent - (lp.exp() * lp).sum()
         return logp, ent / max(1, len(ep.actions))
@@ -171,7 +184,8 @@ class ReinforceAgent(Agent):
         scale = math.sqrt(max(self.reward_var, 1e-8))
         adv_t = torch.from_numpy(adv / scale).float()
         for _ in range(self.config.steps_per_batch):
-            terms = [self._log_prob_entropy(ep) for ep in episodes]
+            first = self.asked - len(episodes)  # the episodes of the last ask, in order
+            terms = [self._log_prob_entropy(ep, self.temperature(first + i)) for i, ep in enumerate(episodes)]
             logp = torch.stack([t[0] for t in terms])
             ent = torch.stack([t[1] for t in terms])
             loss = -(adv_t * logp).mean() - self.config.entropy * ent.mean()
@@ -189,6 +203,7 @@ class ReinforceAgent(Agent):
             "opt": self.opt.state_dict(),
             "baseline": self.baseline,
             "reward_var": self.reward_var,
+            "asked": self.asked,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -197,6 +212,7 @@ class ReinforceAgent(Agent):
         self.opt.load_state_dict(state["opt"])
         self.baseline = None if state["baseline"] is None else float(state["baseline"])
         self.reward_var = None if state["reward_var"] is None else float(state["reward_var"])
+        self.asked = int(state["asked"])
 
     def save_policy(self, path: str | Path) -> None:
         """The policy's weights and what they mean (features, keep choices), for transfer."""

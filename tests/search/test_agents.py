@@ -73,9 +73,10 @@ def test_reinforce_learns_not_to_remove_costly_units():
     """Removing a unit costs 0.3 accuracy in the fake: stage 1 must learn to keep them all."""
     model = residual_model()
     best, _ = prune_optimum(model, 0.5)
-    r = search("reinforce", 80, model=model)
+    # a weak prior (the default keeps with 0.97) so that removal is tried, and must be unlearnt
+    r = search("reinforce", 80, model=model, agent_config=ReinforceConfig(keep_prior=0.7))
     assert all(step["pass"] != "remove" for step in r.best[0].plan["passes"])
-    assert r.best[0].metrics.accuracy >= best - 0.03
+    assert r.best[0].metrics.accuracy >= best - 0.08  # any removal would cost 0.3
     # and the policy moved toward keeping: late episodes remove less than early ones
     removed = [sum(s["pass"] == "remove" for s in c.plan["passes"]) for c in r.candidates]
     assert sum(removed[-20:]) < sum(removed[:20])
