@@ -1,5 +1,5 @@
 """`python -m bench all [--quick]` runs every benchmark and rebuilds BENCHMARKS.md;
-`python -m bench NAME` runs one (structural, quantize, search, finetune, compress, peers)."""
+`python -m bench NAME` runs one (structural, quantize, search, finetune, peers)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ BENCHES = {
     "quantize": "bench.quantize_bench",
     "search": "bench.search_bench",
     "finetune": "bench.finetune_bench",
-    "compress": "bench.compress_bench",
     "peers": "bench.peers_bench",
 }
+# how each benchmark spells quick mode (the search benchmark takes an episode budget instead)
+QUICK_ARGS = {"search": ["--episodes", "16", "--speed-plans", "4"]}
 ORDER = list(BENCHES)
 
 
@@ -38,7 +39,8 @@ def main(argv: list[str]) -> None:
             raise SystemExit(f"unknown benchmark '{n}'; choose from all, {', '.join(ORDER)}")
         module = importlib.import_module(BENCHES[n])
         print(f"== bench {n}", flush=True)
-        module.main(rest)
+        args = [a for a in rest if a != "--quick"] + QUICK_ARGS.get(n, ["--quick"]) if "--quick" in rest else rest
+        module.main(args)
     assemble()
 
 
