@@ -61,6 +61,7 @@ class FinetuneConfig:
     batch_size: int = 128
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 1e-4
+    lr_scaling: Literal["none", "rms"] = "none"
     momentum: float = 0.9
     weight_decay: float | None = None
     warmup_epochs: float = 0.0
@@ -83,6 +84,8 @@ class FinetuneConfig:
             raise UsageError(f"batch size must be >= 2 (BatchNorm needs batch statistics), got {self.batch_size}")
         if self.optimizer not in ("sgd", "adamw"):
             raise UsageError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.lr_scaling not in ("none", "rms"):
+            raise UsageError(f"lr_scaling must be 'none' or 'rms', got {self.lr_scaling!r}")
         if not self.lr > 0 or (self.weight_decay is not None and self.weight_decay < 0) or not 0 <= self.momentum < 1:
             raise UsageError(
                 f"need lr > 0, weight_decay >= 0, 0 <= momentum < 1 (got {self.lr}, {self.weight_decay}, {self.momentum})"
@@ -141,6 +144,34 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
         return base_lr * (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
+
+
+RMS_FLOOR = 1e-3  # Adafactor's eps2: the smallest scale a tensor's relative step is measured against
+
+
+def param_groups(params: list[Tensor], weight_decay: float, scaling: str = "none") -> list[dict[str, Any]]:
+    """Optimizer parameter groups; each has an `lr_scale` the scheduled lr is multiplied by.
+
+    "none": one group of weights (2+ dims, decayed) and one of biases/BatchNorm parameters (not
+    decayed), both at the scheduled lr. "rms": one group per tensor whose lr_scale is the tensor's
+    RMS at the start (at least RMS_FLOOR), so that `lr` is a relative step (Adafactor's parameter
+    scaling). Imported models need it: Adam moves every element by about lr whatever its size,
+    and the weights of one model span three orders of magnitude (MLPerf ResNet-8 fed raw 0..255
+    pixels: first conv RMS 0.006, classifier 7), so any single lr either scrambles the first conv
+    or leaves the classifier where it was. Weight decay is divided by the scale, keeping the
+    decoupled decay per step at lr·weight_decay of the weight for every tensor.
+    """
+    if scaling == "none":
+        decay = [p for p in params if p.dim() > 1]
+        no_decay = [p for p in params if p.dim() <= 1]
+        return [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+                {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+    groups = []
+    for p in params:
+        with torch.no_grad():
+            scale = max(float(p.detach().float().pow(2).mean().sqrt()), RMS_FLOOR)
+        groups.append({"params": [p], "weight_decay": weight_decay / scale if p.dim() > 1 else 0.0, "lr_scale": scale})
+    return groups
 
 
 def augment_batch(
@@ -356,13 +387,10 @@ def _build(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, v
 
     pairs = match_features(student_m, teacher_m, train.x[:1]) if config.kd.uses_features else ()
     loss = KDLoss(config.kd, pairs, classes, seed=config.seed)
-    decay, no_decay = [], []
-    for p in list(student_m.parameters()) + list(loss.parameters()):
-        (decay if p.dim() > 1 else no_decay).append(p)
     weight_decay = config.weight_decay
     if weight_decay is None:
         weight_decay = 5e-4 if config.optimizer == "sgd" else 0.01
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = param_groups(list(student_m.parameters()) + list(loss.parameters()), weight_decay, config.lr_scaling)
     if config.optimizer == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     else:
@@ -417,7 +445,7 @@ def _train_epoch(run: _Run, train: Dataset, spec: InputSpec, config: FinetuneCon
             raise UsageError(f"the loss became {value} in epoch {run.epoch + 1}; lower the learning rate")
         lr = lr_at(run.step, total_steps, warmup_steps, config.lr)
         for group in run.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()

@@ -20,9 +20,11 @@ from onnxcompress.compiler.trainer import (
     CHECKPOINT_NAME,
     FinetuneConfig,
     accuracy,
+    RMS_FLOOR,
     augment_batch,
     finetune,
     lr_at,
+    param_groups,
 )
 from onnxcompress.errors import DataError, ModelError, UsageError
 from tests.compiler.test_bridge import tiny_cnn
@@ -64,7 +66,8 @@ def teacher() -> onnx.ModelProto:
 @pytest.mark.parametrize(
     "kwargs",
     [{"epochs": 0}, {"batch_size": 1}, {"optimizer": "rmsprop"}, {"lr": 0.0}, {"warmup_epochs": 5, "epochs": 2},
-     {"patience": 0}, {"crop_padding": -1}, {"threads": 0}, {"teacher_classes": ()}, {"teacher_classes": (1, 1)}],
+     {"patience": 0}, {"crop_padding": -1}, {"threads": 0}, {"teacher_classes": ()}, {"teacher_classes": (1, 1)},
+     {"lr_scaling": "layer"}],
 )
 def test_config_validation(kwargs: dict) -> None:
     with pytest.raises(UsageError):
@@ -76,6 +79,46 @@ def test_lr_schedule_warmup_then_cosine() -> None:
     assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
     assert lrs[10] == pytest.approx(0.1) and lrs[55] == pytest.approx(0.05, rel=1e-3)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 1e-3
+
+
+def test_param_groups_plain_and_rms_scaled() -> None:
+    w_small = torch.nn.Parameter(torch.full((4, 3), 0.002))
+    w_big = torch.nn.Parameter(torch.full((2, 2, 1, 1), 5.0))
+    bias = torch.nn.Parameter(torch.zeros(4))
+    plain = param_groups([w_small, w_big, bias], 0.01)
+    assert [len(g["params"]) for g in plain] == [2, 1]
+    assert [(g["weight_decay"], g["lr_scale"]) for g in plain] == [(0.01, 1.0), (0.0, 1.0)]
+    scaled = param_groups([w_small, w_big, bias], 0.01, "rms")
+    assert [len(g["params"]) for g in scaled] == [1, 1, 1]
+    assert [g["lr_scale"] for g in scaled] == pytest.approx([0.002, 5.0, RMS_FLOOR])
+    # decoupled decay per step (lr * lr_scale * weight_decay) is the same fraction for every weight
+    assert [g["lr_scale"] * g["weight_decay"] for g in scaled] == pytest.approx([0.01, 0.01, 0.0])
+
+
+def test_rms_lr_scaling_makes_the_step_relative() -> None:
+    # One Adam step moves every element by about lr whatever its size; with lr_scaling="rms" the
+    # step of each weight tensor is lr times that tensor's RMS. A first conv 1000x smaller than
+    # the rest (a model fed raw 0..255 pixels) moves by the same fraction as the others.
+    student = tiny_cnn(width=4, seed=2)
+    for t in student.graph.initializer:
+        if t.name == student.graph.node[0].input[1]:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) / 1000, t.name))
+    one_batch = TRAIN.head(32)
+    lr = 0.01
+    base = dataclasses.replace(FAST, epochs=1, optimizer="adamw", lr=lr, weight_decay=0.0, reinsert_bn=False,
+                               kd=KDConfig(kinds=()))
+    before = {t.name: numpy_helper.to_array(t) for t in student.graph.initializer}
+    for scaling in ("none", "rms"):
+        trained, _ = finetune(student, student, one_batch, None, dataclasses.replace(base, lr_scaling=scaling),
+                              progress=False)
+        for t in trained.graph.initializer:
+            w0, w1 = before[t.name], numpy_helper.to_array(t)
+            if w0.ndim < 2:
+                continue
+            step = float(np.abs(w1 - w0).max())
+            rms = float(np.sqrt((w0.astype(np.float64) ** 2).mean()))
+            expected = lr * (max(rms, RMS_FLOOR) if scaling == "rms" else 1.0)
+            assert step == pytest.approx(expected, rel=0.05), (scaling, t.name)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -127,10 +170,11 @@ def test_two_runs_are_identical(teacher: onnx.ModelProto) -> None:
     assert ra.best_val_accuracy is None and ra.best_epoch == 2
 
 
+@pytest.mark.parametrize("lr_scaling", ["none", "rms"])
 def test_resume_after_interruption_gives_same_weights(teacher: onnx.ModelProto, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch, lr_scaling: str) -> None:
     config = dataclasses.replace(FAST, epochs=3, augment=True, crop_padding=1, optimizer="adamw", lr=0.01,
-                                 warmup_epochs=1)
+                                 warmup_epochs=1, lr_scaling=lr_scaling)
     student = tiny_cnn(width=4, seed=2)
     full, full_result = finetune(student, teacher, TRAIN, VAL, config, progress=False)
 
