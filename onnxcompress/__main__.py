@@ -14,4 +14,8 @@ except KeyboardInterrupt:
     print("interrupted: nothing was written", file=sys.stderr)
     sys.exit(130)
 
-sys.exit(main())
+try:
+    code = main()
+except KeyboardInterrupt:  # a signal between main()'s own handlers and here
+    code = 130
+sys.exit(code)

@@ -259,6 +259,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        # a second signal while shutting down must not turn the clean exit into a kill
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                signal.signal(sig, signal.SIG_IGN)
+            except ValueError:
+                pass
         print("interrupted: nothing was written (resume with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MemoryError:
