@@ -10,6 +10,7 @@ logits at the kept classes).
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import time
@@ -408,7 +409,8 @@ def _uniform_plan(base: onnx.ModelProto, target: Target) -> Plan:
             hi = mid
         else:
             lo = mid
-    return Plan.from_json({"passes": [{"pass": "prune_channels", "ratio": round(hi, 4), "reconstruct": True}]})
+    # round *up*: rounding to nearest can step back over a channel-count boundary and miss the target
+    return Plan.from_json({"passes": [{"pass": "prune_channels", "ratio": min(0.95, math.ceil(hi * 1e4) / 1e4), "reconstruct": True}]})
 
 
 def plan_is_empty(plan: Plan) -> bool:
