@@ -34,7 +34,7 @@ from onnxcompress.compiler.onnx_io import canonicalize, load_model
 from onnxcompress.search import ExecutorConfig, SearchConfig, Target, run_search
 from onnxcompress.search.env import CompressionEnv, EnvConfig
 from onnxcompress.search.evaluator import Evaluator, EvaluatorSpec
-from onnxcompress.search.executors import InProcessExecutor, make_executor
+from onnxcompress.search.executors import make_executor
 from onnxcompress.search.space import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,14 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, load average at start {load:.1f}"
 
 
-def run_agents(task: Task, agents: list[str], episodes: int, seed: int, target: float, executor: ExecutorConfig, progress: bool, center: bool = True) -> list[dict]:
+def run_agents(task: Task, agents: list[str], episodes: int, seeds: list[int], target: float, executor: ExecutorConfig, progress: bool, center: bool = True) -> list[dict]:
+    rows = []
+    for seed in seeds:
+        rows.extend(_run_seed(task, agents, episodes, seed, target, executor, progress, center))
+    return rows
+
+
+def _run_seed(task: Task, agents: list[str], episodes: int, seed: int, target: float, executor: ExecutorConfig, progress: bool, center: bool) -> list[dict]:
     heldout = Evaluator(task.teacher, task.heldout, task.calib, seed=seed)
     rows = []
     for agent in agents:
@@ -108,6 +115,7 @@ def run_agents(task: Task, agents: list[str], episodes: int, seed: int, target: 
             "evaluations": result.evaluations,
             "wall_s": wall,
             "seed": seed,
+            "target": target,
             "teacher_val": result.teacher.accuracy,
             "val": None if best.metrics is None else best.metrics.accuracy,
             "macs_ratio": None if best.metrics is None else best.metrics.macs / result.teacher.macs,
@@ -168,7 +176,7 @@ def write_markdown(path: Path, command: str, tasks: list[tuple[Task, list[dict]]
         if not rows:
             continue
         lines += [
-            f"## {task.name}, target macs <= 50 %",
+            f"## {task.name}, target macs <= {100 * rows[0].get('target', 0.5):g} %",
             "",
             f"Teacher: val {rows[0]['teacher_val']:.3f}, held-out {rows[0].get('teacher_heldout', float('nan')):.3f}.",
             "",
@@ -180,9 +188,25 @@ def write_markdown(path: Path, command: str, tasks: list[tuple[Task, list[dict]]
                 f"| {r['agent']} | {r['stages']} | {r['episodes']} | {r['evaluations']} | {fmt(r['val'], '.3f')} | {fmt(r.get('heldout'), '.3f')} | "
                 f"{fmt(r['macs_ratio'], '.3f')} | {r['wall_s']:.0f} | {r['seed']} |"
             )
+        seeds = sorted({r["seed"] for r in rows})
+        if len(seeds) > 1:
+            lines += ["", f"Mean over seeds {', '.join(map(str, seeds))} (difference to uniform / random in accuracy points, mean of the per-seed differences):", "",
+                      "| agent | val acc | held-out acc | val vs uniform | val vs random | held-out vs uniform | held-out vs random | mean wall (s) |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            by = {(r["agent"], r["seed"]): r for r in rows}
+            for agent in dict.fromkeys(r["agent"] for r in rows):
+                mine = [by[(agent, s)] for s in seeds if (agent, s) in by]
+                def diff(key, base):
+                    d = [100 * (by[(agent, s)][key] - by[(base, s)][key]) for s in seeds if (agent, s) in by and (base, s) in by and by[(agent, s)].get(key) is not None and by[(base, s)].get(key) is not None]
+                    return f"{np.mean(d):+.1f}" if d else "—"
+                mean = lambda key: float(np.mean([m[key] for m in mine if m.get(key) is not None]))
+                lines.append(
+                    f"| {agent} | {mean('val'):.3f} | {mean('heldout'):.3f} | {diff('val', 'uniform')} | {diff('val', 'random')} | "
+                    f"{diff('heldout', 'uniform')} | {diff('heldout', 'random')} | {mean('wall_s'):.0f} |"
+                )
         lines += ["", "Best plans:", ""]
         for r in rows:
-            lines.append(f"- {r['agent']}: `{json.dumps(r['plan'], sort_keys=True)}`")
+            lines.append(f"- {r['agent']} (seed {r['seed']}): `{json.dumps(r['plan'], sort_keys=True)}`")
         lines.append("")
     if speed is not None:
         lines += [f"## Executors: {speed['plans']} plans of ResNet-8, {speed['workers']} workers", "", "| executor | seconds | evaluations/s | speed-up | identical to in-process |", "|---|---:|---:|---:|---|"]
@@ -207,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--agents", default="ddpg,reinforce,uniform,random,greedy")
     p.add_argument("--episodes", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="comma-separated seeds; each agent runs once per seed")
     p.add_argument("--target", type=float, default=0.5)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--executor", choices=("local", "ray"), default="local")
@@ -222,19 +246,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     command = "python bench/search_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     task = resnet8_task()
     tasks: list[tuple[Task, list[dict]]] = []
     notes = list(args.note)
     executor = ExecutorConfig(args.executor, args.workers)
     if not args.executor_only:
         agents = [a.strip() for a in args.agents.split(",") if a.strip()]
-        tasks.append((task, run_agents(task, agents, args.episodes, args.seed, args.target, executor, not args.no_progress, not args.raw_actions)))
+        tasks.append((task, run_agents(task, agents, args.episodes, seeds, args.target, executor, not args.no_progress, not args.raw_actions)))
         r20 = resnet20_task()
         if r20 is None:
             notes.append("ResNet-20: onnxcompress.models has no cached trained ResNet-20 teacher yet (bench/.cache/teachers); not included.")
         else:
-            tasks.append((r20, run_agents(r20, agents, args.episodes, args.seed, args.target, executor, not args.no_progress, not args.raw_actions)))
-    speed = None if args.no_executor_bench else executor_speed(task, args.speed_plans, args.seed, args.workers)
+            tasks.append((r20, run_agents(r20, agents, args.episodes, seeds, args.target, executor, not args.no_progress, not args.raw_actions)))
+    speed = None if args.no_executor_bench else executor_speed(task, args.speed_plans, seeds[0], args.workers)
     write_markdown(Path(args.out), command, tasks, speed, notes)
     if args.json:
         Path(args.json).write_text(json.dumps({"tasks": [{"name": t.name, "rows": rows} for t, rows in tasks], "speed": speed}, indent=1))
