@@ -120,12 +120,13 @@ def _layer_channels(teacher: onnx.ModelProto, student: onnx.ModelProto) -> dict[
 
 @contextmanager
 def interruptible() -> Iterator[None]:
-    def _raise(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
+    """SIGTERM raises KeyboardInterrupt like Ctrl-C while the body runs (for API callers; the CLI
+    installs the same handler for the whole process)."""
+    from onnxcompress.interrupts import raise_interrupt
 
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        signal.signal(signal.SIGTERM, _raise)
+        signal.signal(signal.SIGTERM, raise_interrupt)
     except ValueError:  # not the main thread: leave signals alone
         previous = None
     try:

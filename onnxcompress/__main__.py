@@ -1,21 +1,13 @@
-import signal
-import sys
+"""`python -m onnxcompress`."""
 
+from onnxcompress import interrupts
 
-def _interrupt(signum, frame):  # noqa: ARG001
-    raise KeyboardInterrupt
-
-
-# SIGTERM behaves like Ctrl-C from the very first moment, even while modules are still importing
-signal.signal(signal.SIGTERM, _interrupt)
+# Ctrl-C / SIGTERM stop cleanly from the very first moment, even while modules still import
+interrupts.install()
 try:
-    from onnxcompress.cli import main
+    from onnxcompress.cli import entry
 except KeyboardInterrupt:
-    print("interrupted: nothing was written", file=sys.stderr)
-    sys.exit(130)
-
-try:
-    code = main()
-except KeyboardInterrupt:  # a signal between main()'s own handlers and here
-    code = 130
-sys.exit(code)
+    print("interrupted: nothing was written", flush=True, file=__import__("sys").stderr)
+    interrupts.exit_process(interrupts.EXIT_INTERRUPTED)
+else:
+    entry()

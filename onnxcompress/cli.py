@@ -7,15 +7,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from onnxcompress import interrupts
 from onnxcompress.errors import CompressError, UsageError
+from onnxcompress.interrupts import EXIT_INTERRUPTED
 
 COMMANDS = ("compress", "inspect", "apply", "finetune", "eval", "demo")
-EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
 
 
@@ -235,16 +235,16 @@ HANDLERS = {
 }
 
 
-def _interrupt(signum, frame):  # noqa: ARG001
-    raise KeyboardInterrupt
+def entry() -> None:
+    """The console script and `python -m onnxcompress`: run `main` and end the process."""
+    interrupts.install()
+    interrupts.exit_process(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:  # SIGTERM (a scheduler stopping the job) behaves like Ctrl-C: clean stop, no partial output
-        signal.signal(signal.SIGTERM, _interrupt)
-    except ValueError:  # not the main thread (embedded use): leave signals alone
-        pass
+    # Ctrl-C and SIGTERM (a scheduler stopping the job): clean stop, no partial output
+    interrupts.install()
     debug = "--debug" in argv
     parser = build_parser()
     try:
@@ -259,20 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        # a second signal while shutting down must not turn the clean exit into a kill
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                signal.signal(sig, signal.SIG_IGN)
-            except ValueError:
-                pass
-        print("interrupted: nothing was written (resume with --resume)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted()
     except MemoryError:
         if debug:
             raise
         print("error: out of memory; use smaller data (fewer images) or a smaller model", file=sys.stderr)
         return 8
     except Exception as exc:  # an internal bug: still one line, with how to see more
+        if interrupts.received():  # e.g. "ImportError: initialization failed" from a signal during an import
+            return _interrupted()
         if debug:
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -280,5 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
+def _interrupted() -> int:
+    interrupts.ignore()  # a second signal while shutting down must not turn the clean exit into a kill
+    print("interrupted: nothing was written (resume with --resume)", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()
