@@ -43,11 +43,15 @@ _FEATURE_OPS = frozenset(
 class KDConfig:
     """Which KD terms to use and their weights. total = alpha·hinton + (1-alpha)·CE (CE only with
     labels; alpha is 1 without them) + beta·attention + gamma·hints. Without "hinton", CE has
-    weight 1. beta=1000 follows Zagoruyko & Komodakis with mean-squared attention maps."""
+    weight 1. beta=1000 follows Zagoruyko & Komodakis with mean-squared attention maps.
+    T=2 and alpha=0.5 (rather than the common T=4, alpha=0.9): a pruned student fine-tuned for a
+    few epochs underfits, and sharper targets plus an equal share of the labels learn faster
+    (MLPerf ResNet-8 at 50 % channels, 5 epochs: +1.7 and +0.8 points over T=4/alpha=0.9 on two
+    seeds, bench/results/finetune.md)."""
 
     kinds: tuple[str, ...] = ("hinton",)
-    temperature: float = 4.0
-    alpha: float = 0.9
+    temperature: float = 2.0
+    alpha: float = 0.5
     beta: float = 1000.0
     gamma: float = 1.0
     attention_p: float = 2.0

@@ -81,6 +81,17 @@ def test_lr_schedule_warmup_then_cosine() -> None:
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 1e-3
 
 
+def test_default_lr_and_scaling_follow_the_optimizer() -> None:
+    adamw = FinetuneConfig()
+    assert (adamw.scaling, adamw.base_lr, adamw.batch_size) == ("rms", 2e-2, 32)
+    assert (FinetuneConfig(lr_scaling="none").scaling, FinetuneConfig(lr_scaling="none").base_lr) == ("none", 1e-4)
+    sgd = FinetuneConfig(optimizer="sgd")
+    assert (sgd.scaling, sgd.base_lr) == ("none", 1e-2)
+    assert FinetuneConfig(optimizer="sgd", lr_scaling="rms").scaling == "rms"
+    assert FinetuneConfig(lr=0.3).base_lr == 0.3
+    assert (KDConfig().temperature, KDConfig().alpha) == (2.0, 0.5)
+
+
 def test_param_groups_plain_and_rms_scaled() -> None:
     w_small = torch.nn.Parameter(torch.full((4, 3), 0.002))
     w_big = torch.nn.Parameter(torch.full((2, 2, 1, 1), 5.0))
