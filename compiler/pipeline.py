@@ -288,7 +288,7 @@ def compress(
         met = _meets(metrics, teacher_metrics, tgt)
         feasible = drop <= config.max_drop and met
         note = (
-            f"accuracy {100 * (metrics.accuracy or 0):.2f}% ({drop:+.2f} points vs the teacher's {100 * teacher_metrics.accuracy:.2f}%), "
+            f"accuracy {100 * (metrics.accuracy or 0):.2f}% ({-drop:+.2f} points vs the teacher's {100 * teacher_metrics.accuracy:.2f}%), "
             f"MACs {metrics.macs / teacher_metrics.macs:.3f}x"
         )
         if not met:

@@ -4,6 +4,7 @@ valid model within the target, and the report describes it correctly."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -54,6 +55,10 @@ def test_compress_writes_student_and_report(job):
     assert "| teacher |" in rep.with_suffix(".md").read_text()
     assert "teacher" in r.stdout and "student" in r.stdout  # the summary table
     assert not list(job.glob("*.checkpoint"))  # cleaned up after success
+    # the closing line states the change in accuracy with its sign (negative: a loss)
+    m = re.search(r"accuracy ([\d.]+)% \(([+-][\d.]+) points vs the teacher's ([\d.]+)%\)", r.stdout)
+    assert m, r.stdout[-1000:]
+    assert abs(float(m[1]) - float(m[3]) - float(m[2])) < 0.011
 
 
 def test_compress_class_subset(job):
