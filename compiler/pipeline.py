@@ -29,7 +29,7 @@ from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.kd import KDConfig
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, load_model, save_model_atomic
 from onnxcompress.compiler.report import ModelMetrics, RunReport, StudentReport, summary_table, write_report
-from onnxcompress.compiler.runtime import Latency, make_session, measure_latency, run_batched
+from onnxcompress.compiler.runtime import Latency, compare_latency, make_session, measure_latency, run_batched
 from onnxcompress.compiler.trainer import FinetuneConfig, finetune
 from onnxcompress.errors import DataError, ModelError, UsageError
 from onnxcompress.passes import Plan, apply_plan
@@ -98,9 +98,11 @@ def top1(model: onnx.ModelProto, data: Dataset, reference: np.ndarray | None = N
     return None
 
 
-def measure(model: onnx.ModelProto, data: Dataset, reference: np.ndarray | None = None) -> ModelMetrics:
+def measure(model: onnx.ModelProto, data: Dataset, reference: np.ndarray | None = None, latency: bool = True) -> ModelMetrics:
+    """Cost, top-1 and (unless `latency=False`: the caller times models side by side) latency."""
     cost = model_cost(model)
-    return ModelMetrics(cost.macs, cost.params, model.ByteSize(), top1(model, data, reference), measure_latency(model, data.x[:32]))
+    return ModelMetrics(cost.macs, cost.params, model.ByteSize(), top1(model, data, reference),
+                        measure_latency(model, data.x[:32]) if latency else None)
 
 
 def _layer_channels(teacher: onnx.ModelProto, student: onnx.ModelProto) -> dict[str, tuple[int, int]]:
@@ -254,13 +256,13 @@ def compress(
         prefix = Plan.from_json({"passes": [{"pass": "subset_classes", "classes": list(config.classes)}]})
         base = apply_plan(teacher, prefix)
     teacher_pred = run_batched(make_session(base), job.val.x).argmax(1) if job.val.y is None else None
-    teacher_metrics = measure(base, job.val, teacher_pred)
+    teacher_metrics = measure(base, job.val, teacher_pred, latency=False)
     if teacher_metrics.accuracy is None:
         teacher_metrics = replace(teacher_metrics, accuracy=1.0)  # agreement with itself
 
     outcome = _search(base, job, config, save_policy, load_policy)
 
-    students: list[Student] = []
+    built: list[tuple[Target, Plan, onnx.ModelProto, float | None]] = []
     ft_wall = 0.0
     for tgt, plan, search_acc in outcome.choices:
         ckpt = config.checkpoint_dir / f"finetune-{tgt.label().replace(',', '_').replace('=', '')}" if config.checkpoint_dir else None
@@ -283,7 +285,14 @@ def compress(
         if tgt.size is not None:
             student, quant_plan = _quantize_for_size(student, tgt, teacher_metrics, job, config)
             final_plan = final_plan.then(quant_plan)
-        metrics = measure(student, job.val, teacher_pred)
+        built.append((tgt, final_plan, student, search_acc))
+
+    # latency of the teacher and every student timed side by side, in pairs (one run, CPU time)
+    latencies = compare_latency([base, *[b[2] for b in built]], job.val.x[:32], rounds=5)
+    teacher_metrics = replace(teacher_metrics, latency_ms=latencies[0])
+    students: list[Student] = []
+    for (tgt, final_plan, student, search_acc), latency in zip(built, latencies[1:]):
+        metrics = replace(measure(student, job.val, teacher_pred, latency=False), latency_ms=latency)
         drop = 100.0 * (teacher_metrics.accuracy - (metrics.accuracy or 0.0))
         met = _meets(metrics, teacher_metrics, tgt)
         feasible = drop <= config.max_drop and met

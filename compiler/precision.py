@@ -42,8 +42,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import time
-
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -51,7 +49,7 @@ import onnx_graphsurgeon as gs
 from onnxcompress.compiler import qdq
 from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.onnx_io import export_graph, import_graph
-from onnxcompress.compiler.runtime import Latency, make_session
+from onnxcompress.compiler.runtime import Latency, PairedTimes, make_session, paired_latency, paired_times  # noqa: F401 (re-exported)
 from onnxcompress.errors import PlanError
 
 QUANTIZED_PRECISIONS = (16, 8, 4)
@@ -121,108 +119,6 @@ def _all_plan_tensors(graph: gs.Graph, layers: Sequence[str]) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # timing
 # ----------------------------------------------------------------------------------------------
-
-
-def _time_ms(session, feed: dict[str, np.ndarray], runs: int, cpu: list[float] | None = None) -> float:  # noqa: ANN001
-    """Fastest wall time of `runs` runs (ms); appends the fastest CPU time of this thread to
-    `cpu` (single-threaded onnxruntime computes on the calling thread, so that is the inference's
-    CPU time, which time spent preempted by other processes does not inflate)."""
-    best, best_cpu = float("inf"), float("inf")
-    for _ in range(runs):
-        t0, c0 = time.perf_counter(), time.thread_time()
-        session.run(None, feed)
-        best_cpu = min(best_cpu, time.thread_time() - c0)
-        best = min(best, time.perf_counter() - t0)
-    if cpu is not None:
-        cpu.append(best_cpu * 1000.0)
-    return best * 1000.0
-
-
-@dataclass(frozen=True)
-class PairedTimes:
-    """Raw timings of `paired_times` (ms): per variant and round, the base's time right before
-    the variant's, at batch 1 and batch 32, as wall time and as CPU time of the inference
-    thread."""
-
-    base1: tuple[tuple[float, ...], ...]  # [variant][round]
-    base32: tuple[tuple[float, ...], ...]
-    variant1: tuple[tuple[float, ...], ...]
-    variant32: tuple[tuple[float, ...], ...]
-    base1_cpu: tuple[tuple[float, ...], ...] = ()  # CPU time of the calling thread
-    base32_cpu: tuple[tuple[float, ...], ...] = ()
-    variant1_cpu: tuple[tuple[float, ...], ...] = ()
-    variant32_cpu: tuple[tuple[float, ...], ...] = ()
-
-    def medians(self, cpu: bool = False) -> tuple[Latency, list[Latency]]:
-        """Base median, and per variant the median over rounds of its ratio to the base run
-        just before it, times the base median. `cpu`: of the inference thread's CPU time
-        instead of wall time (preemption by other jobs does not inflate it; cache and memory
-        bandwidth sharing still do)."""
-        base1, base32, var1, var32 = (
-            (self.base1_cpu, self.base32_cpu, self.variant1_cpu, self.variant32_cpu) if cpu else (self.base1, self.base32, self.variant1, self.variant32)
-        )
-        m1 = float(np.median([t for row in base1 for t in row]))
-        m32 = float(np.median([t for row in base32 for t in row]))
-        out = []
-        for b1, b32, v1, v32 in zip(base1, base32, var1, var32):
-            r1 = float(np.median(np.asarray(v1) / np.asarray(b1)))
-            r32 = float(np.median(np.asarray(v32) / np.asarray(b32)))
-            out.append(Latency(m1 * r1, m32 * r32))
-        return Latency(m1, m32), out
-
-    def spread32(self) -> list[float]:
-        """Per variant: half the interquartile range of its batch-32 ratios (how far apart the
-        middle half of the rounds lie; compare differences between variants with it)."""
-        out = []
-        for b32, v32 in zip(self.base32, self.variant32):
-            q1, q3 = np.percentile(np.asarray(v32) / np.asarray(b32), [25, 75])
-            out.append(float(q3 - q1) / 2)
-        return out
-
-
-def paired_times(base: onnx.ModelProto, variants: Sequence[onnx.ModelProto], sample: np.ndarray, rounds: int = 9, seed: int = 0) -> PairedTimes:
-    """Times `base` and each variant in pairs: every round times the base right before each
-    variant. On a shared 2-core machine load drifts within seconds; pairing cancels the drift
-    that block-wise timing (all runs of one model, then the next) turns into differences of
-    several percent between identical models. Each turn keeps the fastest of its runs (5 at
-    batch 1, 3 at batch 32): a run that another process preempted is slower, never faster.
-    The variants take their turns in a new (seeded) order every round."""
-    sessions = [make_session(m) for m in [base, *variants]]
-    name = sessions[0].get_inputs()[0].name
-    one = {name: np.ascontiguousarray(sample[:1], dtype=np.float32)}
-    x32 = sample[:32] if len(sample) >= 32 else np.concatenate([sample[:1]] * 32, axis=0)
-    b32 = {name: np.ascontiguousarray(x32, dtype=np.float32)}
-    for s in sessions:  # warm-up: allocations, prepacking
-        s.run(None, b32)
-        s.run(None, one)
-    n = max(1, len(variants))
-    base1: list[list[float]] = [[] for _ in range(n)]
-    base32: list[list[float]] = [[] for _ in range(n)]
-    var1: list[list[float]] = [[] for _ in variants]
-    var32: list[list[float]] = [[] for _ in variants]
-    base1_cpu: list[list[float]] = [[] for _ in range(n)]
-    base32_cpu: list[list[float]] = [[] for _ in range(n)]
-    var1_cpu: list[list[float]] = [[] for _ in variants]
-    var32_cpu: list[list[float]] = [[] for _ in variants]
-    rng = np.random.default_rng(seed)
-    for _ in range(rounds):
-        for i in rng.permutation(n):
-            base1[i].append(_time_ms(sessions[0], one, 5, base1_cpu[i]))
-            base32[i].append(_time_ms(sessions[0], b32, 3, base32_cpu[i]))
-            if variants:
-                var1[i].append(_time_ms(sessions[i + 1], one, 5, var1_cpu[i]))
-                var32[i].append(_time_ms(sessions[i + 1], b32, 3, var32_cpu[i]))
-    t = lambda rows: tuple(tuple(r) for r in rows)  # noqa: E731
-    return PairedTimes(t(base1), t(base32), t(var1), t(var32), t(base1_cpu), t(base32_cpu), t(var1_cpu), t(var32_cpu))
-
-
-def paired_latency(
-    base: onnx.ModelProto, variants: Sequence[onnx.ModelProto], sample: np.ndarray, rounds: int = 9, cpu: bool = False
-) -> tuple[Latency, list[Latency]]:
-    """Latency of `base` and of each variant (`paired_times`, then `PairedTimes.medians`): a
-    variant's latency is the median of its ratios to the base run just before it, times the
-    base's median. Compare ratios; absolute times on this machine mean little."""
-    return paired_times(base, variants, sample, rounds).medians(cpu=cpu)
 
 
 # ----------------------------------------------------------------------------------------------
