@@ -1,5 +1,5 @@
 """`python -m bench all [--quick]` runs every benchmark and rebuilds BENCHMARKS.md;
-`python -m bench NAME` runs one (structural, quantize, search, finetune, peers)."""
+`python -m bench NAME` runs one (structural, quantize, search, finetune, peers, e2e)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ BENCHES = {
     "search": "bench.search_bench",
     "finetune": "bench.finetune_bench",
     "peers": "bench.peers_bench",
+    "e2e": "bench.e2e_bench",
 }
 # how each benchmark spells quick mode (the search benchmark takes an episode budget instead)
 QUICK_ARGS = {"search": ["--episodes", "16", "--speed-plans", "4"]}

@@ -1,4 +1,5 @@
-"""Least-squares reconstruction of the layers that read pruned channels (ThiNet; He et al. 2017).
+"""Least-squares reconstruction of the layers that read pruned channels (ThiNet; He et al. 2017),
+and of the layers after a removed block (`refit`, `downstream_layers`).
 
 After a cut, a layer L that lost input channels is re-fitted so that, on calibration data, its
 output from the *pruned* network's input is as close as possible (ridge least squares) to the
@@ -75,12 +76,30 @@ def _layers_to_fit(graph: gs.Graph, analysis: Analysis, keep: dict[int, np.ndarr
 def reconstruct(
     graph: gs.Graph, teacher: onnx.ModelProto, analysis: Analysis, keep: dict[int, np.ndarray], x: np.ndarray, seed: int
 ) -> gs.Graph:
+    """Re-fit the layers that read pruned channels (their kept outputs) after a channel cut."""
     layers = _layers_to_fit(graph, analysis, keep)
+    out_slices = {s.node: s for s in analysis.slices if s.role == "out"}
+    outputs = {n.name: out_slices[n.name].layout.indices(keep) for n in layers if n.name in out_slices}
+    return refit(graph, teacher, layers, x, seed, outputs)
+
+
+def refit(
+    graph: gs.Graph,
+    teacher: onnx.ModelProto,
+    layers: list[gs.Node],
+    x: np.ndarray,
+    seed: int,
+    outputs: dict[str, np.ndarray] | None = None,
+) -> gs.Graph:
+    """Re-fit `layers` (Conv with group 1, Gemm, MatMul; in topological order) so that each one's
+    output, computed from the rewritten network's input, matches the teacher's output of the same
+    tensor on the calibration inputs `x`. `outputs[name]`: which of the teacher's output channels
+    the layer still produces (all when absent)."""
     if not layers:
         return graph
+    outputs = outputs or {}
     rng = np.random.default_rng(seed)
     targets = intermediate_outputs(teacher, x, [n.outputs[0].name for n in layers])
-    out_slices = {s.node: s for s in analysis.slices if s.role == "out"}
     for node in layers:
         w = node.inputs[1].values
         y_all = targets[node.outputs[0].name]
@@ -98,13 +117,13 @@ def reconstruct(
             if sampled is None:
                 continue
             rows, where = sampled
-            out_idx = out_slices[node.name].layout.indices(keep) if node.name in out_slices else np.arange(y.shape[1])
+            out_idx = outputs.get(node.name, np.arange(y.shape[1]))
             yt = y[where[:, 0], :, where[:, 1], where[:, 2]][:, out_idx]
         elif node.op in ("Gemm", "MatMul"):
             if node.op == "Gemm" and (float(node.attrs.get("alpha", 1.0)) != 1.0 or float(node.attrs.get("beta", 1.0)) != 1.0):
                 continue
             rows = xin.reshape(-1, xin.shape[-1])
-            out_idx = out_slices[node.name].layout.indices(keep) if node.name in out_slices else np.arange(y.shape[-1])
+            out_idx = outputs.get(node.name, np.arange(y.shape[-1]))
             yt = y.reshape(-1, y.shape[-1])[:, out_idx]
         else:
             continue
@@ -123,6 +142,33 @@ def reconstruct(
             node.inputs[1].values = np.ascontiguousarray(weight.T)
         _set_bias(graph, node, bias)
     return graph
+
+
+# ops a refit looks through from a rewired tensor to the layers that read it: they change
+# neither the channel layout nor which layer consumes the values
+_PASS_THROUGH = frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Identity", "MaxPool",
+                           "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape"})
+
+
+def downstream_layers(graph: gs.Graph, tensor_name: str) -> list[gs.Node]:
+    """The Conv/Gemm/MatMul layers that read `tensor_name` directly or through ops that only
+    activate, pool or reshape it (not through an Add or Concat: there other paths join), in
+    topological order."""
+    tensor = graph.tensors().get(tensor_name)
+    if tensor is None:
+        return []
+    found, seen, stack = set(), set(), [tensor]
+    while stack:
+        t = stack.pop()
+        for n in t.outputs:
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            if n.op in ("Conv", "Gemm", "MatMul") and n.inputs and n.inputs[0] is t and len(n.inputs) > 1 and isinstance(n.inputs[1], gs.Constant):
+                found.add(n.name)
+            elif n.op in _PASS_THROUGH:
+                stack.extend(n.outputs)
+    return [n for n in graph.nodes if n.name in found]
 
 
 def _set_bias(graph: gs.Graph, node: gs.Node, bias: np.ndarray) -> None:

@@ -89,6 +89,22 @@ def test_reconstruction_reduces_error():
     assert np.abs(run(fitted) - ref).mean() < 0.8 * np.abs(run(plain) - ref).mean()
 
 
+def test_removal_refit_reduces_error_and_keeps_the_architecture():
+    c = canonicalize(resnet_like(width=16, blocks=2))
+    calib = np.random.default_rng(1).standard_normal((64, 3, 8, 8)).astype(np.float32)
+    block = next(u.id for u in analyze(import_graph(c)).removable if u.kind == "residual_block")
+    step = {"pass": "remove", "block": block}
+    plain = apply_plan(c, plan(dict(step, reconstruct=False)), calibration=calib)
+    fitted = apply_plan(c, plan(step), calibration=calib)  # default: refit when data is given
+    ref = run(c)
+    assert np.abs(run(fitted) - ref).mean() < 0.8 * np.abs(run(plain) - ref).mean()
+    assert model_cost(fitted) == model_cost(plain)
+    assert [n.op_type for n in fitted.graph.node] == [n.op_type for n in plain.graph.node]
+    assert plan(dict(step, reconstruct=True)).to_json()["passes"][0]["reconstruct"] is True
+    with pytest.raises(PlanError, match="calibration"):
+        apply_plan(c, plan(dict(step, reconstruct=True)))
+
+
 @pytest.mark.parametrize("criterion", ["l2", "bn", "activation", "apoz"])
 def test_other_criteria(criterion):
     c = canonicalize(resnet_like())
