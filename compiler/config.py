@@ -102,6 +102,7 @@ class CompressConfig:
     calib_size: int = 256
     checkpoint_dir: Path | None = None
     progress: bool = True
+    families: int = 3  # structure families explored (compiler/structure.py); 1 = channels only
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,6 +116,8 @@ class CompressConfig:
             raise UsageError("--episodes must be >= 1")
         if self.workers < 1:
             raise UsageError("--workers must be >= 1")
+        if self.families < 1:
+            raise UsageError("--families must be >= 1")
         if self.executor not in ("local", "ray"):
             raise UsageError(f"--executor must be local or ray, got '{self.executor}'")
         if self.classes is not None and (len(self.classes) == 0 or len(set(self.classes)) != len(self.classes) or min(self.classes) < 0):

@@ -222,6 +222,7 @@ def compress(
     save_policy: str | Path | None = None,
     load_policy: str | Path | None = None,
     name: str | None = None,
+    families: int = 3,
 ) -> CompressResult:
     """Searches, rewrites and fine-tunes a student per target. See the module docstring."""
     targets = target if isinstance(target, (list, tuple)) else [target]
@@ -238,6 +239,7 @@ def compress(
         ray_address=ray_address,
         checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
         progress=progress,
+        families=families,
     )
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     model_name = name or (Path(model).name if not isinstance(model, onnx.ModelProto) else "model.onnx")
@@ -260,7 +262,7 @@ def compress(
     if teacher_metrics.accuracy is None:
         teacher_metrics = replace(teacher_metrics, accuracy=1.0)  # agreement with itself
 
-    outcome = _search(base, job, config, save_policy, load_policy)
+    outcome = _search(base, teacher, job, config, save_policy, load_policy)
 
     built: list[tuple[Target, Plan, onnx.ModelProto, float | None]] = []
     ft_wall = 0.0
@@ -333,6 +335,7 @@ def compress(
         seed=config.seed,
         classes=config.classes,
         max_drop=config.max_drop,
+        probes=outcome.probes,
     )
     return CompressResult(teacher_metrics, tuple(students), report)
 
@@ -346,6 +349,7 @@ class SearchOutcome:
     episodes: int
     evaluations: int
     wall_s: float
+    probes: tuple[tuple, ...] = ()  # per target: the structure families' probes (compiler/structure.py)
 
 
 # episodes per target when the user does not say: enough for the agents to beat the baselines on
@@ -353,7 +357,8 @@ class SearchOutcome:
 DEFAULT_EPISODES = {"ddpg": 60, "reinforce": 60, "haq": 40, "random": 60, "uniform": 12, "greedy": 40}
 
 
-def _search(base: onnx.ModelProto, job: JobData, config: CompressConfig, save_policy, load_policy) -> SearchOutcome:
+def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, config: CompressConfig, save_policy, load_policy) -> SearchOutcome:
+    from onnxcompress.compiler import structure
     from onnxcompress.compiler.hardware import channel_multiple
     from onnxcompress.search.driver import SearchConfig, run_search
     from onnxcompress.search.executors import ExecutorConfig
@@ -377,27 +382,71 @@ def _search(base: onnx.ModelProto, job: JobData, config: CompressConfig, save_po
         criterion="activation",
     )
     executor = ExecutorConfig(kind="ray" if config.executor == "ray" else "local", workers=config.workers, ray_address=config.ray_address)
-    ckpt = str(config.checkpoint_dir / "search") if config.checkpoint_dir is not None else None
-    result = run_search(base, job.val, job.calibration, search_config, executor=executor, checkpoint_dir=ckpt, progress=config.progress)
+    # structure families (compiler/structure.py): channel searches with a residual block removed
+    # first, judged by a short fine-tune; only for structural targets and agents that do not
+    # decide removals themselves, and only when the student will be fine-tuned
+    structural = all(t.size is None for t in config.targets) and "remove" not in search_config.resolved_stages()
+    fams = structure.families(base, config.families) if structural and config.finetune_epochs > 0 else [()]
+    results = []
+    for removed in fams:
+        fam_config = replace(search_config, removed=removed, episodes=episodes if not removed else max(12, episodes // 3),
+                             save_policy=search_config.save_policy if not removed else None)
+        name = "search" if not removed else "search-" + "-".join(removed)
+        ckpt = str(config.checkpoint_dir / name) if config.checkpoint_dir is not None else None
+        if removed:
+            _say(config.progress, f"searching with {', '.join(removed)} removed ({fam_config.episodes} episodes)")
+        try:
+            results.append((removed, run_search(base, job.val, job.calibration, fam_config, executor=executor, checkpoint_dir=ckpt,
+                                                progress=config.progress)))
+        except UsageError:
+            if not removed:
+                raise
+            continue  # e.g. a target this family cannot reach: the other families still count
+    main = results[0][1]
 
     def metrics(m) -> ModelMetrics:
         return ModelMetrics(m.macs, m.params, m.size_bytes, m.accuracy, None)
 
-    choices = []
-    for tgt, best in zip(config.targets, result.best):
-        if best.plan is None:
+    choices, probes = [], []
+    ft_config = _finetune_config(config.finetune_epochs, config.seed, config.classes)
+    for k, tgt in enumerate(config.targets):
+        options = [(removed, r.best[k]) for removed, r in results if r.best[k].plan is not None]
+        if not options:
             # nothing the search tried fits: fall back to uniform pruning to the target's MACs
             choices.append((tgt, _uniform_plan(base, tgt), None))
-        else:
+            probes.append(())
+            continue
+        if len(options) == 1:
+            removed, best = options[0]
             choices.append((tgt, Plan.from_json(best.plan), best.metrics.accuracy if best.metrics else None))
+            probes.append(())
+            continue
+        scored = []
+        for removed, best in options:
+            student = apply_plan(base, Plan.from_json(best.plan), calibration=job.calibration, seed=config.seed)
+            acc = structure.probe_accuracy(student, teacher, job.train, job.val, ft_config)
+            label = ", ".join(removed) + " removed" if removed else "channels only"
+            _say(config.progress, f"probe {tgt.label()} [{label}]: {100 * acc:.2f}% after a short fine-tune "
+                                  f"({100 * (best.metrics.accuracy or 0):.2f}% before), MACs {best.metrics.macs:,}")
+            scored.append(structure.Probe(removed, best.plan, best.metrics.accuracy, acc, best.metrics.macs))
+        pick = structure.choose(scored)
+        choices.append((tgt, Plan.from_json(pick.plan), pick.search_accuracy))
+        probes.append(tuple(scored))
+    if len(results) > 1:
+        from onnxcompress.search.pareto import pareto_front, unique
+
+        pareto = pareto_front(unique(c for _, r in results for c in r.candidates), config.targets[0].primary)
+    else:
+        pareto = list(main.pareto)
     return SearchOutcome(
         choices=tuple(choices),
-        pareto=tuple((metrics(c.metrics), Plan.from_json(c.plan)) for c in result.pareto),
-        candidates=tuple(metrics(c.metrics) for c in result.candidates if c.metrics.feasible),
+        pareto=tuple((metrics(c.metrics), Plan.from_json(c.plan)) for c in pareto),
+        candidates=tuple(metrics(c.metrics) for _, r in results for c in r.candidates if c.metrics.feasible),
         agent=agent,
-        episodes=result.episodes,
-        evaluations=result.evaluations,
-        wall_s=result.wall_s,
+        episodes=sum(r.episodes for _, r in results),
+        evaluations=sum(r.evaluations for _, r in results),
+        wall_s=sum(r.wall_s for _, r in results),
+        probes=tuple(probes),
     )
 
 
@@ -516,6 +565,7 @@ def compress_command(args) -> int:
             save_policy=args.save_policy,
             load_policy=args.load_policy,
             name=model_path.name,
+            families=args.families,
         )
     students = []
     report = result.report

@@ -64,6 +64,8 @@ class RunReport:
     seed: int
     classes: tuple[int, ...] | None = None
     max_drop: float = 1.0
+    # per target: the structure families compared by a short fine-tune (compiler/structure.py)
+    probes: tuple[tuple[Any, ...], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         main = self.students[0]
@@ -72,7 +74,8 @@ class RunReport:
             "teacher": self.teacher.to_json(),
             "student": main.metrics.to_json(),
             "plan": main.plan,
-            "search": {"agent": self.agent, "episodes": self.episodes, "evaluations": self.evaluations, "wall_s": round(self.search_wall_s, 2)},
+            "search": {"agent": self.agent, "episodes": self.episodes, "evaluations": self.evaluations, "wall_s": round(self.search_wall_s, 2),
+                       "families": [[p.to_json() for p in per_target] for per_target in self.probes]},
             "finetune": {"epochs": self.finetune_epochs, "wall_s": round(self.finetune_wall_s, 2)},
             "pareto": [dict(m.to_json(), plan=p) for m, p in self.pareto],
             "target": main.target,
@@ -149,6 +152,12 @@ def to_markdown(report: RunReport, png_name: str | None) -> str:
         f"Fine-tuning: {report.finetune_epochs} epochs, {report.finetune_wall_s:.1f} s. Seed {report.seed}. Accuracy budget: {report.max_drop} points.",
         "",
     ]
+    for s, probes in zip(report.students, report.probes):
+        if probes:
+            lines += [f"Structure families for {s.target} (validation top-1 before and after a short fine-tune; the best probe is kept):", "",
+                      "| removed | top-1 before | top-1 after probe | MACs |", "|---|---|---|---|"]
+            lines += [f"| {', '.join(p.removed) or '—'} | {100 * (p.search_accuracy or 0):.2f} | {100 * p.probe_accuracy:.2f} | {p.macs:,} |" for p in probes]
+            lines.append("")
     for s in report.students:
         lines += [f"## Student for {s.target}", "", "Plan:", "", "```json", json.dumps(s.plan, indent=1), "```", ""]
         if s.channels:

@@ -54,6 +54,9 @@ def _add_compress_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", default=None)
     p.add_argument("--report", default=None, help="REPORT.json (also writes REPORT.md and REPORT.png)")
     p.add_argument("--resume", action="store_true", help="resume an interrupted run from its checkpoint")
+    p.add_argument("--families", type=int, default=3,
+                   help="structure families to explore: channel cuts alone and with each of the N-1 largest residual blocks "
+                        "removed, chosen by a short fine-tune (1: channel cuts only)")
     p.add_argument("--save-policy", default=None, help="save the search policy (reinforce agent) for transfer")
     p.add_argument("--load-policy", default=None, help="warm-start the search policy from a saved one")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

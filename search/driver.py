@@ -65,6 +65,7 @@ class SearchConfig:
     channel_multiple: int = 1  # kept channel counts snap to this multiple (compiler/hardware.py)
     load_policy: str | None = None  # agents with load_policy (reinforce): start from this policy
     save_policy: str | None = None  # ... and save the trained policy here
+    removed: tuple[str, ...] = ()  # units removed in every candidate (EnvConfig.removed)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(Target.from_json(t) for t in self.targets))
@@ -80,6 +81,7 @@ class SearchConfig:
         if self.stages is not None:
             object.__setattr__(self, "stages", tuple(self.stages))
         object.__setattr__(self, "bits", tuple(self.bits))
+        object.__setattr__(self, "removed", tuple(self.removed))
         get_reward(self.reward)
         self.env_config()  # validates stages, bits, min_keep
 
@@ -87,7 +89,8 @@ class SearchConfig:
         return self.stages if self.stages is not None else get_agent(self.agent).stages
 
     def env_config(self) -> EnvConfig:
-        return EnvConfig(self.resolved_stages(), self.min_keep, self.bits, self.criterion, self.reconstruct, self.reward, self.center, self.channel_multiple)
+        return EnvConfig(self.resolved_stages(), self.min_keep, self.bits, self.criterion, self.reconstruct, self.reward, self.center,
+                         self.channel_multiple, self.removed)
 
     @property
     def wants_latency(self) -> bool:
@@ -98,6 +101,7 @@ class SearchConfig:
         out["targets"] = [t.to_json() for t in self.targets]
         out["stages"] = None if self.stages is None else list(self.stages)
         out["bits"] = list(self.bits)
+        out["removed"] = list(self.removed)
         out["agent_config"] = None if self.agent_config is None else json.loads(json.dumps(asdict(self.agent_config)))
         return out
 

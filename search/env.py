@@ -78,8 +78,12 @@ class EnvConfig:
     # kept channel counts snap to multiples of this when the budget allows (hardware-friendly
     # widths: see compiler/hardware.py; 1 = any count)
     channel_multiple: int = 1
+    # units removed before every episode (a fixed N2N stage 1: compress explores one structure
+    # family per search, see compiler/structure.py); the episode then decides the rest
+    removed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "removed", tuple(self.removed))
         if self.channel_multiple < 1:
             raise UsageError(f"channel_multiple must be >= 1, got {self.channel_multiple}")
         if tuple(self.stages) not in STAGE_ORDERS:
@@ -179,10 +183,10 @@ class CompressionEnv:
             lo = self._floor_bits
             cost = self.space.cost(bits={d.ident: lo for d in self.space.quantizable})
         elif "prune" in stages:
-            base = self.space.structure(frozenset())
-            cost = self.space.cost(structure=base, keep=self._min_keep(base.groups))
+            base = self.space.structure(frozenset(self.config.removed))
+            cost = self.space.cost(structure=base, keep=self._min_keep(base.groups, base))
         else:
-            cost = self._removal_floor(frozenset(), frozenset(), self.space.units)
+            cost = self._removal_floor(frozenset(self.config.removed), self._fixed_nodes(), self.space.units)
         if not self.budget.allows(cost):
             t = self.teacher
             raise UsageError(
@@ -221,8 +225,14 @@ class CompressionEnv:
 
     # -- episode -----------------------------------------------------------------------------
 
+    def _fixed_nodes(self) -> frozenset[str]:
+        nodes: set[str] = set()
+        for unit in self.config.removed:
+            nodes |= set(self.space.unit_nodes(unit))
+        return frozenset(nodes)
+
     def reset(self) -> np.ndarray:
-        self._state = _Rollout(done=False)
+        self._state = _Rollout(done=False, removed=set(self.config.removed), removed_nodes=set(self._fixed_nodes()))
         self._enter_stage(0)
         return self._observe()
 

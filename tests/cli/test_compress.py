@@ -50,6 +50,12 @@ def test_compress_writes_student_and_report(job):
         assert key in doc
     assert set(doc["search"]) >= {"agent", "episodes", "evaluations", "wall_s"} and doc["finetune"]["epochs"] == 1
     assert doc["plan"]["passes"] and doc["target"] == {"macs": 0.5}
+    # structure families: channel cuts alone and with each of the two largest residual blocks
+    # removed, each probed by a short fine-tune; the best probe (then fewest MACs) is the student
+    (families,) = doc["search"]["families"]
+    assert [len(f["removed"]) for f in families] == [0, 1, 1]
+    best = max(families, key=lambda f: (round(f["probe_accuracy"], 3), -f["macs"]))
+    assert doc["plan"] == best["plan"]
     png = rep.with_suffix(".png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert "| teacher |" in rep.with_suffix(".md").read_text()

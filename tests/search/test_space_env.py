@@ -199,3 +199,16 @@ def test_channel_multiple_snaps_widths_within_budget():
         on_grid += sum(k % 8 == 0 for k in keep.values())
         total += len(keep)
     assert on_grid >= 0.75 * total
+
+
+def test_fixed_removals_are_in_every_plan_and_the_budget_holds():
+    space = SPACES["residual"]
+    unit = next(u.id for u in space.analysis.removable if u.kind == "residual_block")
+    env = CompressionEnv(space, Target(macs=0.5), EnvConfig(stages=("prune",), reconstruct=False, removed=(unit,)))
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        ep = env.rollout(lambda _o: float(rng.uniform()))
+        assert ep.plan["passes"][0] == {"pass": "remove", "block": unit}
+        model = apply_plan(RESIDUAL, Plan.from_json(ep.plan))
+        assert model_cost(model).macs <= env.budget.macs
+        assert ep.cost.macs == model_cost(model).macs

@@ -1,0 +1,74 @@
+"""Structure families: which residual blocks `compress` removes before it shrinks channels (N2N's
+stage 1), and how it chooses between them: by a short KD fine-tune ("probe"), not by accuracy
+without fine-tuning.
+
+Why: the channel search judges candidates without fine-tuning (least-squares refits make that
+informative for channel cuts), but that misjudges removals. On the MLPerf Tiny ResNet-8 at
+<= 0.5x MACs (measured, bench/results/e2e.md): the best channel-only plan the search found scores
+50 % top-1 before fine-tuning and 72.9 % after 5 epochs; removing the first residual block and
+halving one 32-channel group scores 37 % before and 76.6 % after, and runs in 0.47x the teacher's
+time instead of 0.84x (onnxruntime's NCHWc kernels gain little from thinning 16-channel layers,
+while a removed block costs nothing). A one-epoch probe ranks such families the way the full
+fine-tune does at a fraction of its cost.
+
+A family is a set of removed units; `families` proposes the empty set and each of the largest
+residual blocks alone. `compress` runs one channel search per family (the units fixed as
+removed, `SearchConfig.removed`), probes each family's best plan per target, and keeps the best
+probe (ties: the fewer MACs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx
+
+from onnxcompress.compiler.data import Dataset
+from onnxcompress.compiler.ir import analyze
+from onnxcompress.compiler.onnx_io import import_graph
+from onnxcompress.compiler.trainer import FinetuneConfig, finetune
+
+PROBE_EPOCHS = 1
+PROBE_SAMPLES = 4000  # training samples a probe sees at most (its cost is one pass over them)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A family's best plan for one target and how it scored."""
+
+    removed: tuple[str, ...]
+    plan: dict
+    search_accuracy: float | None  # without fine-tuning (the search's evaluation)
+    probe_accuracy: float  # validation accuracy after the probe fine-tune
+    macs: int
+
+    def to_json(self) -> dict:
+        return {"removed": list(self.removed), "plan": self.plan, "search_accuracy": self.search_accuracy,
+                "probe_accuracy": round(self.probe_accuracy, 6), "macs": int(self.macs)}
+
+
+def families(model: onnx.ModelProto, limit: int) -> list[tuple[str, ...]]:
+    """The empty family and, for `limit` > 1, single removals of the `limit - 1` residual blocks
+    with the most MACs (the ones whose removal saves the most time)."""
+    if limit <= 1:
+        return [()]
+    blocks = [u for u in analyze(import_graph(model)).removable if u.kind == "residual_block"]
+    blocks.sort(key=lambda u: (-u.macs, u.id))
+    return [()] + [(u.id,) for u in blocks[: limit - 1]]
+
+
+def probe_accuracy(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, val: Dataset, config: FinetuneConfig) -> float:
+    """Validation accuracy of `student` after a short KD fine-tune with `config`'s recipe (its
+    epochs replaced by PROBE_EPOCHS over at most PROBE_SAMPLES training samples)."""
+    if len(train) > PROBE_SAMPLES:  # a seeded random subset, in the data's order
+        train = train.take(np.sort(np.random.default_rng(config.seed).permutation(len(train))[:PROBE_SAMPLES]))
+    probe = replace(config, epochs=PROBE_EPOCHS, patience=None)
+    _, result = finetune(student, teacher, train, val, probe, progress=False)
+    last = result.history[-1].val_accuracy if result.history else None
+    return float(last if last is not None else (result.best_val_accuracy or 0.0))
+
+
+def choose(probes: list[Probe]) -> Probe:
+    """The best probe accuracy; among equals (within one validation image), the fewest MACs."""
+    return max(probes, key=lambda p: (round(p.probe_accuracy, 3), -p.macs))
