@@ -426,11 +426,14 @@ class CompressionEnv:
         return self.action_for(want / channels, st.uniform)
 
     def _snap(self, want: int, channels: int, lo: int, fits) -> int:
-        """The nearest multiple of `channel_multiple` to `want` that keeps the budget and the
-        minimum (a width off the grid can be slower than the unpruned layer); `want` itself when
-        no multiple qualifies, so the budget guarantee never depends on the rounding."""
+        """The nearest grid width to `want` that keeps the budget and the minimum (a width off
+        the grid can be slower than the unpruned layer); `want` itself when none qualifies, so the
+        budget guarantee never depends on the rounding. The grid is the multiples of
+        `channel_multiple` and the full width: a group no wider than one block (e.g. 16 channels
+        with 16-channel blocks) gains almost no time from thinning, and onnxruntime converts its
+        thinned output back to plain NCHW, so it stays whole when the budget allows."""
         m = self.config.channel_multiple
-        if m <= 1 or channels <= m or want % m == 0:
+        if m <= 1 or want % m == 0 or want == channels:
             return want
         down, up = (want // m) * m, min(channels, -(-want // m) * m)
         options = [k for k in (up, down) if k >= max(lo, 1) and (k <= want or fits(k))]

@@ -212,3 +212,12 @@ def test_fixed_removals_are_in_every_plan_and_the_budget_holds():
         model = apply_plan(RESIDUAL, Plan.from_json(ep.plan))
         assert model_cost(model).macs <= env.budget.macs
         assert ep.cost.macs == model_cost(model).macs
+
+
+def test_snap_keeps_a_one_block_group_whole_when_the_budget_allows():
+    env = CompressionEnv(SPACES["residual"], Target(macs=0.5), EnvConfig(channel_multiple=16))
+    assert env._snap(10, 16, 4, lambda k: True) == 16  # thinning a one-block group saves no time
+    assert env._snap(10, 16, 4, lambda k: k <= 12) == 10  # ... unless the budget needs it
+    assert env._snap(20, 48, 10, lambda k: True) == 16  # the nearest multiple otherwise
+    assert env._snap(30, 48, 10, lambda k: True) == 32
+    assert CompressionEnv(SPACES["residual"], Target(macs=0.5))._snap(10, 16, 4, lambda k: True) == 10  # no grid
