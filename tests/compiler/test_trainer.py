@@ -23,6 +23,7 @@ from onnxcompress.compiler.trainer import (
     RMS_FLOOR,
     augment_batch,
     finetune,
+    mix_batch,
     lr_at,
     param_groups,
 )
@@ -67,7 +68,7 @@ def teacher() -> onnx.ModelProto:
     "kwargs",
     [{"epochs": 0}, {"batch_size": 1}, {"optimizer": "rmsprop"}, {"lr": 0.0}, {"warmup_epochs": 5, "epochs": 2},
      {"patience": 0}, {"crop_padding": -1}, {"threads": 0}, {"teacher_classes": ()}, {"teacher_classes": (1, 1)},
-     {"lr_scaling": "layer"}],
+     {"lr_scaling": "layer"}, {"mix": "mosaic"}, {"mix_alpha": 0.0}],
 )
 def test_config_validation(kwargs: dict) -> None:
     with pytest.raises(UsageError):
@@ -83,13 +84,14 @@ def test_lr_schedule_warmup_then_cosine() -> None:
 
 def test_default_lr_and_scaling_follow_the_optimizer() -> None:
     adamw = FinetuneConfig()
-    assert (adamw.scaling, adamw.base_lr, adamw.batch_size) == ("rms", 2e-2, 32)
+    assert (adamw.scaling, adamw.base_lr, adamw.batch_size) == ("rms", 2e-2, 16)
     assert (FinetuneConfig(lr_scaling="none").scaling, FinetuneConfig(lr_scaling="none").base_lr) == ("none", 1e-4)
     sgd = FinetuneConfig(optimizer="sgd")
     assert (sgd.scaling, sgd.base_lr) == ("none", 1e-2)
     assert FinetuneConfig(optimizer="sgd", lr_scaling="rms").scaling == "rms"
     assert FinetuneConfig(lr=0.3).base_lr == 0.3
-    assert (KDConfig().temperature, KDConfig().alpha) == (2.0, 0.5)
+    assert (KDConfig().temperature, KDConfig().alpha, KDConfig().beta) == (2.0, 0.5, 100.0)
+    assert (adamw.mix, adamw.mix_alpha) == ("none", 1.0)
 
 
 def test_param_groups_plain_and_rms_scaled() -> None:
@@ -149,6 +151,35 @@ def test_augment_batch_crops_and_flips_in_layout(layout: str) -> None:
     assert all(np.isin(c, o).all() for c, o in zip(cropped, x))
     again = augment_batch(x, spec, np.random.default_rng(2), padding=2, flip=False)
     np.testing.assert_array_equal(cropped, again)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_mix_batch_mixup_and_cutmix(layout: str) -> None:
+    spec = InputSpec("x", layout, channels=3, height=8, width=8)  # type: ignore[arg-type]
+    x = np.random.default_rng(0).random((16,) + spec.sample_shape).astype(np.float32)
+    mixed, perm, lam = mix_batch(x, spec, np.random.default_rng(1), "mixup", 1.0)
+    assert 0 < lam < 1 and sorted(perm) == list(range(16))
+    np.testing.assert_allclose(mixed, lam * x + (1 - lam) * x[perm], rtol=1e-6)
+    for seed in range(5):
+        cut, perm, lam = mix_batch(x, spec, np.random.default_rng(seed), "cutmix", 1.0)
+        c_axis = 1 if layout == "NCHW" else 3
+        own, other = (cut == x).all(axis=c_axis), (cut == x[perm]).all(axis=c_axis)
+        assert (own | other).all()  # every pixel comes from the sample or its partner
+        i = int(np.flatnonzero(perm != np.arange(16))[0])
+        assert lam == pytest.approx(own[i].mean())  # lam is the exact fraction kept
+        again = mix_batch(x, spec, np.random.default_rng(seed), "cutmix", 1.0)
+        np.testing.assert_array_equal(cut, again[0])
+
+
+@pytest.mark.parametrize("mix", ["mixup", "cutmix"])
+def test_mixed_batches_still_learn(teacher: onnx.ModelProto, mix: str) -> None:
+    config = dataclasses.replace(FAST, epochs=4, mix=mix)
+    _, result = finetune(tiny_cnn(width=4, seed=2), teacher, TRAIN, VAL, config, progress=False)
+    assert result.initial_val_accuracy is not None and result.best_val_accuracy is not None
+    assert result.best_val_accuracy > max(0.7, result.initial_val_accuracy + 0.2), result
+    # the mixing draws change the run: it is not the unmixed one
+    _, plain = finetune(tiny_cnn(width=4, seed=2), teacher, TRAIN, VAL, dataclasses.replace(FAST, epochs=4), progress=False)
+    assert [h.train_loss for h in result.history] != [h.train_loss for h in plain.history]
 
 
 # ---------------------------------------------------------------------------------------------
