@@ -21,3 +21,4 @@ def test_choose_prefers_probe_accuracy_then_fewer_macs():
     c = Probe(("b5",), {"passes": [{"pass": "remove", "block": "b5"}]}, 0.5, 0.74, 90)
     assert choose([a, b]) is b
     assert choose([a, b, c]) is c  # same probe accuracy as b, fewer MACs
+
