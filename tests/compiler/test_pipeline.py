@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 from onnxcompress.compiler.pipeline import accuracy_drop
 
 
