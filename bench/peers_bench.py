@@ -514,9 +514,9 @@ def _product_origin() -> str:
     return f"an export of commit {commit.read_text().strip()}, not the work tree" if commit else str(origin)
 
 
-def run_task(name: str, quick: bool, epochs: int, seed: int, workdir: Path, log) -> tuple[Task, list[Row]]:
+def run_task(name: str, quick: bool, epochs: int, seed: int, workdir: Path, log, targets: tuple[float, ...] | None = None) -> tuple[Task, list[Row]]:
     task = _task(name, workdir, seed, QUICK_TEST_IMAGES if quick else None)
-    targets = TARGETS_QUICK if quick else TARGETS_FULL
+    targets = targets or (TARGETS_QUICK if quick else TARGETS_FULL)
     episodes = QUICK_EPISODES if quick else None
     log(f"[{name}] {len(task.job.train)} train / {len(task.job.val)} val / {len(task.test)} test images; targets {targets}")
     rows = [Row(TEACHER, None, task.teacher)]
@@ -581,14 +581,14 @@ NOTES = """### Notes
 """
 
 
-def run(quick: bool, models: list[str], epochs: int, seed: int) -> str:
+def run(quick: bool, models: list[str], epochs: int, seed: int, targets: tuple[float, ...] | None = None) -> str:
     require_realdata()
     import torch
 
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     results = []
-    command = "python -m bench peers" + (" --quick" if quick else "")
+    command = "python -m bench peers" + (" --quick" if quick else "") + (f" --targets {','.join(map(str, targets))}" if targets else "")
     if models != ["resnet8"]:
         command += f" --models {','.join(models)}"
     if epochs != (1 if quick else 5):
@@ -603,7 +603,7 @@ def run(quick: bool, models: list[str], epochs: int, seed: int) -> str:
         for name in models:
             work = Path(tmp) / name
             work.mkdir()
-            results.append(run_task(name, quick, epochs, seed, work, log))
+            results.append(run_task(name, quick, epochs, seed, work, log, targets))
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(results, RESULTS / "peers.png")
 
@@ -651,10 +651,12 @@ def main(argv=None) -> None:
     p.add_argument("--models", default=None, help="comma-separated: resnet8, resnet20 (default resnet8; resnet20 needs ~3x the time and a trained teacher)")
     p.add_argument("--epochs", type=int, default=None, help="fine-tune epochs for every row (default 5, quick 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--targets", default=None, help="comma-separated MACs fractions (default 0.5,0.25; quick 0.5)")
     args = p.parse_args(argv)
     models = args.models.split(",") if args.models else ["resnet8"]
     epochs = args.epochs or (1 if args.quick else 5)
-    path = write_result("peers", run(args.quick, models, epochs, args.seed))
+    targets = tuple(float(t) for t in args.targets.split(",")) if args.targets else None
+    path = write_result("peers", run(args.quick, models, epochs, args.seed, targets))
     print(path.read_text())
 
 
