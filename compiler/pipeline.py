@@ -270,6 +270,9 @@ def compress(
         ckpt = config.checkpoint_dir / f"finetune-{tgt.label().replace(',', '_').replace('=', '')}" if config.checkpoint_dir else None
         if ckpt is not None:
             ckpt.mkdir(parents=True, exist_ok=True)
+        # quantize steps come last and are applied after fine-tuning: the trainer works on the
+        # float student (the bridge has no QDQ ops) and quantization is calibrated on its weights
+        plan, quantization = split_quantization(plan)
         student = apply_plan(base, plan, calibration=job.calibration, seed=config.seed)
         if config.finetune_epochs > 0 and not plan_is_empty(plan):
             _say(progress, f"fine-tuning the student for {tgt.label()} ({config.finetune_epochs} epochs, KD from the teacher)")
@@ -284,7 +287,10 @@ def compress(
             )
             ft_wall += ft.wall_s
         final_plan = prefix.then(plan)
-        if tgt.size is not None:
+        if not plan_is_empty(quantization):
+            student = apply_plan(student, quantization, calibration=job.calibration, seed=config.seed)
+            final_plan = final_plan.then(quantization)
+        if tgt.size is not None and student.ByteSize() > tgt.size * teacher_metrics.size_bytes:
             student, quant_plan = _quantize_for_size(student, tgt, teacher_metrics, job, config)
             final_plan = final_plan.then(quant_plan)
         built.append((tgt, final_plan, student, search_acc))
@@ -409,7 +415,8 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
 
     choices, probes = [], []
     probe_start = time.perf_counter()
-    ft_config = _finetune_config(config.finetune_epochs, config.seed, config.classes)
+    # probes only run with several families, which need fine-tuning (epochs >= 1)
+    ft_config = _finetune_config(config.finetune_epochs, config.seed, config.classes) if config.finetune_epochs > 0 else None
     for k, tgt in enumerate(config.targets):
         options = [(removed, r.best[k]) for removed, r in results if r.best[k].plan is not None]
         if not options:
@@ -482,6 +489,13 @@ def accuracy_drop(teacher: float | None, student: float | None) -> float:
 
 def plan_is_empty(plan: Plan) -> bool:
     return len(plan.steps) == 0
+
+
+def split_quantization(plan: Plan) -> tuple[Plan, Plan]:
+    """(the steps before the first quantize step, that step and the rest): structural passes
+    read float weights, so a plan quantizes last (passes/quantize.py)."""
+    first = next((i for i, s in enumerate(plan.steps) if s.name == "quantize"), len(plan.steps))
+    return Plan(plan.steps[:first]), Plan(plan.steps[first:])
 
 
 def _meets(m: ModelMetrics, t: ModelMetrics, target: Target) -> bool:

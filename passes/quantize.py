@@ -4,8 +4,9 @@ Plan forms:
   {"pass": "quantize", "bits": 8}                              every quantizable layer
   {"pass": "quantize", "node": "conv_5", "bits": 4}            one layer
   {"pass": "quantize", "nodes": {"conv_1": 8, "conv_2": 4}}    per-layer map (what HAQ emits)
-Option: "calibration": "minmax" (default) | "entropy" | "percentile" - how int8 activation
-ranges are measured (onnxruntime's calibrators).
+Option: "calibration": "minmax" (default: global extremes) | "mean_minmax" (the mean of per-sample
+extremes, NNCF's default) | "entropy" | "percentile" - how int8 activation ranges are measured
+(onnxruntime's calibrators).
 
 Precisions (compiler/qdq.py has the why of each form): 32 leaves a layer untouched; 16 stores
 its weight in fp16 behind a Cast; 8 is int8 QDQ (per-channel symmetric weights, per-tensor
@@ -59,13 +60,13 @@ class QuantizeParams:
 
     bits: int | None = None
     nodes: tuple[tuple[str, int], ...] | None = None
-    calibration: str = "minmax"
+    calibration: str = qdq.DEFAULT_CALIBRATION
     single: bool = False
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "QuantizeParams":
         f = parse_fields(obj, "quantize", {"bits": int, "node": str, "nodes": dict, "calibration": str})
-        calibration = f.get("calibration", "minmax")
+        calibration = f.get("calibration", qdq.DEFAULT_CALIBRATION)
         if calibration not in qdq.CALIBRATION_METHODS:
             raise PlanError(f"quantize: unknown calibration '{calibration}'; choose one of {', '.join(qdq.CALIBRATION_METHODS)}")
         if "nodes" in f:
@@ -90,7 +91,7 @@ class QuantizeParams:
             out = {"node": self.nodes[0][0], "bits": self.nodes[0][1]}
         else:
             out = {"nodes": dict(self.nodes)}
-        if self.calibration != "minmax":
+        if self.calibration != qdq.DEFAULT_CALIBRATION:
             out["calibration"] = self.calibration
         return out
 

@@ -87,3 +87,27 @@ def test_replaying_the_reported_plan_gives_the_same_architecture(job):
     r = cli("apply", str(job / "teacher.onnx"), str(plan), "-o", str(out), "--data", str(job / "train.npz"))
     assert r.returncode == 0, r.stderr
     assert model_cost(onnx.load(str(out))).macs == doc["student"]["macs"]
+
+
+@pytest.mark.parametrize("target,agent", [("size=0.3", "haq"), ("macs=0.5", "uniform")])
+def test_no_finetuning(job, target, agent):
+    """--finetune-epochs 0: the searched plan is written as is (the HAQ quantization-only use)."""
+    out = job / f"noft-{agent}.onnx"
+    r = cli(str(job / "teacher.onnx"), "--data", str(job / "train.npz"), "--target", target, "--agent", agent,
+            "--episodes", "3", "--finetune-epochs", "0", "-o", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    onnx.checker.check_model(onnx.load(str(out)))
+
+
+def test_size_target_quantizes_after_finetuning(job):
+    """A size target: HAQ's bit widths are applied to the (fine-tuned) float student, once; the
+    bridge never sees a QDQ graph, and no blanket re-quantization follows a plan that fits."""
+    out, rep = job / "haq.onnx", job / "haq.json"
+    r = cli(str(job / "teacher.onnx"), "--data", str(job / "train.npz"), "--target", "size=0.3", "--agent", "haq",
+            "--episodes", "3", "--finetune-epochs", "1", "-o", str(out), "--report", str(rep), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(rep.read_text())
+    steps = [p["pass"] for p in doc["plan"]["passes"]]
+    assert steps == ["quantize"], doc["plan"]
+    assert doc["student"]["size_bytes"] <= 0.3 * doc["teacher"]["size_bytes"]
+    assert any(n.op_type == "DequantizeLinear" for n in onnx.load(str(out)).graph.node)

@@ -279,6 +279,25 @@ def test_calibration_methods(cnn, calib, inputs, method):
     assert _rel_err(_run(_logits_model(q), inputs), _run(_logits_model(cnn), inputs)) < 2 * ERROR_BOUND[8]
 
 
+def test_mean_minmax_averages_per_sample_extremes(cnn, calib):
+    """"minmax" is the global range of a tensor over the data, "mean_minmax" the mean of each
+    sample's min and max (NNCF's estimator), both through onnxruntime's MinMaxCalibrater."""
+    from onnxcompress.compiler.runtime import intermediate_outputs
+
+    graph = import_graph(cnn)
+    tensor = next(n.outputs[0].name for n in graph.nodes if n.op == "Relu")
+    values = intermediate_outputs(cnn, calib, [tensor])[tensor].reshape(len(calib), -1)
+    lo, hi = qdq.calibrate(cnn, [tensor], calib, "minmax")[tensor]
+    assert lo == pytest.approx(values.min(), rel=1e-5) and hi == pytest.approx(values.max(), rel=1e-5)
+    lo, hi = qdq.calibrate(cnn, [tensor], calib, "mean_minmax")[tensor]
+    assert lo == pytest.approx(values.min(axis=1).mean(), rel=1e-4)
+    assert hi == pytest.approx(values.max(axis=1).mean(), rel=1e-4)
+    assert hi < values.max()  # the samples differ: the mean of their maxima is below the global one
+    q = _quantize(cnn, [{"bits": 8, "calibration": "mean_minmax"}], calib)
+    assert QuantizeParams.from_json({"bits": 8, "calibration": "mean_minmax"}).to_json()["calibration"] == "mean_minmax"
+    assert _rel_err(_run(_logits_model(q), calib[:8]), _run(_logits_model(cnn), calib[:8])) < 4 * ERROR_BOUND[8]
+
+
 # ----------------------------------------------------------------------------------------------
 # errors and params
 # ----------------------------------------------------------------------------------------------
