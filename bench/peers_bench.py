@@ -46,7 +46,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from bench.common import CIFAR_TEST, CIFAR_TRAIN, RESNET8, RESULTS, ROOT, header, require_realdata, table, write_result
+from bench.common import CIFAR_TEST, CIFAR_TRAIN, REALDATA, RESNET8, RESULTS, ROOT, header, require_realdata, table, write_result
+
+FASHION_TRAIN = REALDATA / "data" / "fashion_mnist_train.npz"
+FASHION_TEST = REALDATA / "data" / "fashion_mnist_test.npz"
 
 TARGETS_FULL = (0.5, 0.25)
 TARGETS_QUICK = (0.5,)
@@ -56,6 +59,12 @@ VAL_IMAGES = 1000  # held out of the 10k training images for early stopping / ch
 QUICK_TEST_IMAGES = 2000
 TP_STEPS = 1000  # Torch-Pruning iterative steps towards a 95 % channel ratio: ~0.1 % of channels each
 
+# teachers from models/ (bench/teachers names them): peers key -> (bench.teachers key, label)
+ZOO_TEACHERS = {
+    "resnet20": ("resnet20_cifar10", "reference ResNet-20 (models/, CIFAR-10 10k)"),
+    "demo_cnn": ("demo_cnn_fashion", "VGG-style demo CNN (models/, the bundled demo teacher, Fashion-MNIST 60k)"),
+    "mobilenetv2": ("mobilenetv2_cifar10", "reference MobileNetV2 (models/, CIFAR-10 10k)"),
+}
 TP = "Torch-Pruning (global group L2)"
 TP_LOCAL = "Torch-Pruning (per-layer group L2)"
 L1 = "uniform L1 + refit"
@@ -94,6 +103,7 @@ class Task:
     val_path: Path  # 1000 held-out images
     job: object  # pipeline.JobData: train / val / calibration, exactly as compress prepares them
     test: object  # Dataset
+    test_name: str = "cifar10_test_jpeg.npz"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,11 +111,15 @@ class Task:
 # ---------------------------------------------------------------------------------------------
 
 
-def _split_train(workdir: Path, seed: int) -> tuple[Path, Path]:
-    """cifar10_train10k_jpeg.npz split (seeded) into 9000 training and 1000 held-out images,
-    written as npz files so that compress() and the other rows read the very same data."""
-    with np.load(CIFAR_TRAIN) as d:
-        x, y = d["x"], d["y"]
+TRAIN_IMAGES = 10_000  # per task: the size of the CIFAR-10 subset in ../shared (Fashion-MNIST: its first 10k)
+
+
+def _split_train(workdir: Path, seed: int, source: Path = CIFAR_TRAIN) -> tuple[Path, Path]:
+    """The first 10k images of `source` (all of cifar10_train10k_jpeg.npz) split (seeded) into 9000
+    training and 1000 held-out images, written as npz files so that compress() and the other rows
+    read the very same data."""
+    with np.load(source) as d:
+        x, y = d["x"][:TRAIN_IMAGES], d["y"][:TRAIN_IMAGES]
     perm = np.random.default_rng(seed).permutation(len(x))
     val, train = np.sort(perm[:VAL_IMAGES]), np.sort(perm[VAL_IMAGES:])
     train_path, val_path = workdir / "train.npz", workdir / "val.npz"
@@ -120,24 +134,29 @@ def _task(name: str, workdir: Path, seed: int, test_limit: int | None) -> Task:
     from onnxcompress.compiler.onnx_io import canonicalize, load_model
     from onnxcompress.compiler.pipeline import prepare_data
 
+    train_source, test_source = CIFAR_TRAIN, CIFAR_TEST
     if name == "resnet8":
         path, label = RESNET8, "MLPerf Tiny ResNet-8 (real release, NHWC raw 0..255 pixels)"
         preprocess = Preprocess(scale=1.0)  # the model's own: raw pixels
-    elif name == "resnet20":
+    elif name in ZOO_TEACHERS:
         from bench.teachers import TRAINED, teacher_path
 
-        path = teacher_path("resnet20_cifar10")  # trains it on first use (~45 min on 2 busy cores)
-        label = f"reference ResNet-20 (models/, trained {TRAINED['resnet20_cifar10'].epochs} epochs on CIFAR-10 10k)"
-        preprocess = Preprocess.from_model(load_model(path))  # its metadata: /255, CIFAR mean/std
+        key, what = ZOO_TEACHERS[name]
+        path = teacher_path(key)  # trains it on first use (bench/teachers: measured costs)
+        label = what + (f", trained {TRAINED[key].epochs} epochs" if key in TRAINED else "")
+        preprocess = Preprocess.from_model(load_model(path))  # its metadata: /255, the dataset's mean/std
+        dataset = TRAINED[key].dataset if key in TRAINED else "fashion_mnist"  # the demo teacher's
+        if dataset == "fashion_mnist":
+            train_source, test_source = FASHION_TRAIN, FASHION_TEST
     else:
-        raise SystemExit(f"unknown model '{name}'; choose resnet8 or resnet20")
+        raise SystemExit(f"unknown model '{name}'; choose one of resnet8, {', '.join(ZOO_TEACHERS)}")
     teacher = canonicalize(load_model(path))
-    train_path, val_path = _split_train(workdir, seed)
+    train_path, val_path = _split_train(workdir, seed, train_source)
     val_size = CompressConfig.__dataclass_fields__["val_size"].default
     calib_size = CompressConfig.__dataclass_fields__["calib_size"].default
     job = prepare_data(teacher, train_path, val_path, preprocess, None, val_size, calib_size, seed)
-    test = load_data(CIFAR_TEST, InputSpec.from_model(teacher), preprocess, limit=test_limit)
-    return Task(name, label, Path(path), teacher, preprocess, train_path, val_path, job, test)
+    test = load_data(test_source, InputSpec.from_model(teacher), preprocess, limit=test_limit)
+    return Task(name, label, Path(path), teacher, preprocess, train_path, val_path, job, test, test_source.name)
 
 
 def _torch_teacher(task: Task):
@@ -149,7 +168,7 @@ def _torch_teacher(task: Task):
 
         module, nhwc = load_resnet8_from_onnx(str(task.teacher_path), softmax=True), True
     else:
-        module, nhwc = _resnet20_from_onnx(task.teacher_path), False
+        module, nhwc = _zoo_from_onnx(task.name, task.teacher_path), False
     # the PyTorch definition must be the teacher: compare with onnxruntime on real test images
     from onnxcompress.compiler.runtime import make_session, run_batched
 
@@ -164,28 +183,31 @@ def _torch_teacher(task: Task):
     return module.eval(), nhwc
 
 
-def _resnet20_from_onnx(path: Path):
-    """models/'s resnet20 with BN folded (convs with bias), weights copied from the ONNX teacher in
-    execution order (each copy checks the shape)."""
+def _zoo_from_onnx(arch: str, path: Path):
+    """models/'s `arch` with BN folded (convs with bias), weights copied from the ONNX teacher (an
+    export of the same architecture by models/export.py) in execution order (each copy checks
+    the shape)."""
     import torch
     from onnx import numpy_helper
     from torch import nn
 
     from onnxcompress.models.export import fold_batchnorm
-    from onnxcompress.models.zoo import resnet20
+    from onnxcompress.models.zoo import build
 
     model = onnx.load(str(path))
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     onnx_layers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
-    module = fold_batchnorm(resnet20(num_classes=10))
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    classes = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim][-1]
+    module = fold_batchnorm(build(arch, classes, dims[1], dims[2]))
     order: list[nn.Module] = []
     hooks = [m.register_forward_hook(lambda m, i, o: order.append(m)) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     with torch.no_grad():
-        module(torch.zeros(1, 3, 32, 32))
+        module(torch.zeros(1, dims[1], dims[2], dims[3]))
     for h in hooks:
         h.remove()
     if len(order) != len(onnx_layers):
-        raise ValueError(f"{path}: {len(onnx_layers)} Conv/Gemm nodes but resnet20 has {len(order)} layers")
+        raise ValueError(f"{path}: {len(onnx_layers)} Conv/Gemm nodes but {arch} has {len(order)} layers")
     with torch.no_grad():
         for node, layer in zip(onnx_layers, order):
             w, b = weights[node.input[1]], weights[node.input[2]]
@@ -356,6 +378,20 @@ def onnxcompress_row(task: Task, agent: str, target: float, epochs: int, seed: i
     return Row(f"onnxcompress {agent}", target, s.model, r.search_wall_s, r.finetune_wall_s, s.metrics.accuracy, detail)
 
 
+def int8_row(task: Task, agent_rows: list[Row], seed: int) -> Row:
+    """Pruning + int8: the best agent's fine-tuned student (by validation top-1) through our
+    quantize pass, calibrated on compress's calibration images: what `--target macs=M,size=S`
+    does after fine-tuning when int8 meets the size."""
+    from onnxcompress.passes import Plan, apply_plan
+
+    best = max(agent_rows, key=lambda r: r.val_top1 or 0.0)
+    t0 = time.perf_counter()
+    q = apply_plan(best.model, Plan.from_json({"passes": [{"pass": "quantize", "bits": 8}]}), calibration=task.job.calibration, seed=seed)
+    quant_s = time.perf_counter() - t0
+    return Row(f"{best.method} + int8", best.target, q, best.search_s + quant_s, best.finetune_s, _top1(q, task.job.val),
+               f"the {best.method} student above, quantized (int8 QDQ, {len(task.job.calibration)} calibration images, {quant_s:.1f} s)")
+
+
 def _top1(model: onnx.ModelProto, data) -> float:
     from onnxcompress.compiler.runtime import make_session, run_batched
 
@@ -447,7 +483,7 @@ def results_table(task: Task, rows: list[Row]) -> str:
 
 def verdict(rows: list[Row], target: float = 0.5) -> str:
     at = {r.method: r for r in rows if r.target == target}
-    agents = [r for m, r in at.items() if m.startswith("onnxcompress")]
+    agents = [r for m, r in at.items() if m.startswith("onnxcompress") and not m.endswith("+ int8")]
     if not agents or TP not in at or L1 not in at:
         return f"Goal at macs={target:g}: not evaluated (a row is missing)."
     # the best agent is chosen on the held-out validation images, never on the test set
@@ -482,7 +518,7 @@ def plot(results: list[tuple[Task, list[Row]]], path: Path) -> None:
             if r is not None:
                 ax.axhline(100 * r.test_top1, color="grey", linestyle=style, linewidth=1, label=f"{r.method} {100 * r.test_top1:.1f} %")
         ax.set_xlabel("MACs / teacher")
-        ax.set_ylabel(f"top-1 % (CIFAR-10 JPEG test, {len(task.test)} images)")
+        ax.set_ylabel(f"top-1 % ({task.test_name}, {len(task.test)} images)")
         ax.set_title(task.label, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
@@ -543,6 +579,9 @@ def run_task(name: str, quick: bool, epochs: int, seed: int, workdir: Path, log,
             row = make()
             rows.append(row)
             log(f"[{name}] macs={target:g} {row.method}: val {row.val_top1}, search {row.search_s:.0f} s, fine-tune {row.finetune_s:.0f} s ({time.perf_counter() - r0:.0f} s) {row.detail}")
+        row = int8_row(task, [r for r in rows if r.target == target and r.method.startswith("onnxcompress")], seed)
+        rows.append(row)
+        log(f"[{name}] macs={target:g} {row.method}: val {row.val_top1} {row.detail}")
     measure(task, rows, rounds=3 if quick else 7)
     log(f"[{name}] done in {time.perf_counter() - t0:.0f} s")
     return task, rows
@@ -611,9 +650,11 @@ def run(quick: bool, models: list[str], epochs: int, seed: int, targets: tuple[f
     text += (
         f"\nonnxcompress code: {_product_origin()}. Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
         f"whole run {(time.perf_counter() - t_start) / 60:.0f} min.\n\n"
-        f"Data: cifar10_train10k_jpeg.npz split (seed {seed}) into 9000 training and 1000 held-out images "
+        f"Data: cifar10_train10k_jpeg.npz (Fashion-MNIST teachers: the first 10,000 images of fashion_mnist_train.npz) split "
+        f"(seed {seed}) into 9000 training and 1000 held-out images "
         "(early stopping, the search's validation subset, choosing the best agent); top-1 on "
-        f"{'the first ' + str(QUICK_TEST_IMAGES) + ' images of ' if quick else 'all 10,000 images of '}cifar10_test_jpeg.npz. "
+        f"{'the first ' + str(QUICK_TEST_IMAGES) + ' images of ' if quick else 'all 10,000 images of '}cifar10_test_jpeg.npz "
+        "(fashion_mnist_test.npz). "
         f"Fine-tuning: {epochs} epoch{'s' if epochs != 1 else ''}, seed {seed}, the recipe of `compress` (AdamW, KD hinton+attention from the teacher) "
         f"for every row. Search: {'%d episodes per agent and target (quick)' % QUICK_EPISODES if quick else 'compress defaults (60 episodes per agent and target)'}.\n"
         "Ratios are to the teacher (as delivered, canonicalised); latency b1/b32 = student / teacher latency at batch 1/32, measured "
@@ -623,7 +664,7 @@ def run(quick: bool, models: list[str], epochs: int, seed: int, targets: tuple[f
         "search s: Torch-Pruning's pruning loop, uniform L1's bisection + rewrite + refit, the RL search of compress.\n"
     )
     for task, rows in results:
-        text += f"\n### {task.label}\n\n" + results_table(task, rows) + "\n\n"
+        text += f"\n### {task.label}\n\nTest set: {len(task.test)} images of {task.test_name}.\n\n" + results_table(task, rows) + "\n\n"
         text += verdict(rows, 0.5) + "\n"
         if any(r.target == 0.25 for r in rows):
             text += "\n" + verdict(rows, 0.25).replace("Goal at", "Same comparison at") + "\n"
@@ -648,7 +689,7 @@ def run(quick: bool, models: list[str], epochs: int, seed: int, targets: tuple[f
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench peers", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="macs=0.5 only, 1 epoch, 8 episodes, 2000 test images, ResNet-8 only")
-    p.add_argument("--models", default=None, help="comma-separated: resnet8, resnet20 (default resnet8; resnet20 needs ~3x the time and a trained teacher)")
+    p.add_argument("--models", default=None, help=f"comma-separated: resnet8, {', '.join(ZOO_TEACHERS)} (default resnet8; the trained teachers of bench.teachers take ~3x the time)")
     p.add_argument("--epochs", type=int, default=None, help="fine-tune epochs for every row (default 5, quick 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--targets", default=None, help="comma-separated MACs fractions (default 0.5,0.25; quick 0.5)")

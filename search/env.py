@@ -221,7 +221,9 @@ class CompressionEnv:
         macs = sc.macs({}, removed_layers=frozenset(layers))
         params = sc.layer_params({}, removed_layers=frozenset(layers)) + self.space.other_params
         lat = self.space.latency.predict(macs) if self.space.latency is not None else None
-        return Cost(macs=macs, params=params, size_bytes=params * 4, latency_ms=lat)
+        # the teacher's non-parameter bytes: a removal drops a little of them, so this floor is
+        # at most a few hundred bytes high
+        return Cost(macs=macs, params=params, size_bytes=params * 4 + self.space.structure_bytes, latency_ms=lat)
 
     # -- episode -----------------------------------------------------------------------------
 
@@ -263,6 +265,13 @@ class CompressionEnv:
             return self.space.cost(structure=st.structure, keep=st.keep)
         return self._removal_floor(frozenset(st.removed), frozenset(st.removed_nodes), ())
 
+    def _structure_bytes(self) -> int:
+        """Non-parameter bytes in the current cost (`SearchSpace.cost` adds them to sizes)."""
+        st = self._state
+        if self.stage == "prune" and st.structure is not None:
+            return st.structure.structure_bytes
+        return self.space.structure_bytes
+
     def _observe(self) -> np.ndarray:
         st = self._state
         if not st.decisions:
@@ -291,7 +300,8 @@ class CompressionEnv:
             "coupled": d.coupled / n["coupled"],
             "macs_cut": 1.0 - cost.macs / max(t.macs, 1),
             "macs_remaining": sum(x.macs for x in rest) / max(1, sum(x.macs for x in st.decisions)),
-            "size_cut": 1.0 - cost.size_bytes / max(t.size_bytes, 1),
+            # parameter bytes (the file's structure, which the agent does not control, left out)
+            "size_cut": 1.0 - (cost.size_bytes - self._structure_bytes()) / max(t.size_bytes - self.space.structure_bytes, 1),
             "size_remaining": rest_params / max(1, sum(x.params for x in st.decisions)),
             "prev_action": st.applied[-1] if st.applied else 0.0,
             "target": self._primary_fraction(),

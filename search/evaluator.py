@@ -26,7 +26,7 @@ import onnx
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset
 from onnxcompress.compiler.runtime import make_session, measure_latency, run_batched
-from onnxcompress.search.metrics import Cost, Metrics, weight_bytes
+from onnxcompress.search.metrics import Cost, Metrics
 
 PlanLike = Any  # a Plan, or its JSON ({"passes": [...]})
 
@@ -175,7 +175,7 @@ class Evaluator:
             accuracy=accuracy,
             macs=int(cost.macs),
             params=int(cost.params),
-            size_bytes=weight_bytes(model, bits),
+            size_bytes=model.ByteSize(),  # the file, as reports and size targets count it
             latency_ms=latency,
         )
 

@@ -88,6 +88,7 @@ class Structure:
     cost: SearchCost | None
     groups: tuple[Decision, ...]
     other_params: int  # parameters outside Conv/Gemm/MatMul layers (unfolded BN, ...), unpruned
+    structure_bytes: int = 0  # bytes of the ONNX file that are not parameters (names, attributes)
     error: str | None = None
 
     def channels(self, local: str) -> int:
@@ -125,6 +126,12 @@ def _group_decisions(analysis: Analysis, teacher_anchor: Mapping[str, str], teac
     return tuple(d for _, d in out)
 
 
+def _structure_bytes(model: onnx.ModelProto, params: int) -> int:
+    """Bytes of `model`'s file that are not float32 parameters: names, shapes, attributes. Pruning
+    changes them by a few bytes (shorter dimensions); a removal drops its nodes' share."""
+    return max(0, model.ByteSize() - 4 * params)
+
+
 class SearchSpace:
     """Decisions and exact cost predictions for one canonical teacher. Structures after removals
     are built on first use and memoised (a pure function of the removal set)."""
@@ -144,7 +151,12 @@ class SearchSpace:
         self._teacher_order = {g.id: i for i, g in enumerate(a.groups)}
         self.total_params = model_params(teacher)
         self.other_params = self.total_params - self.search_cost.total_layer_params
-        base = Structure(frozenset(), a, self.search_cost, _group_decisions(a, self._teacher_anchor, self._teacher_order), self.other_params)
+        # sizes are bytes of the ONNX file, as the evaluator measures them and the report and
+        # the pipeline check a size target: parameters at 4 bytes plus the graph's structure
+        # (names, attributes), which pruning leaves nearly as it is
+        self.structure_bytes = _structure_bytes(teacher, self.total_params)
+        base = Structure(frozenset(), a, self.search_cost, _group_decisions(a, self._teacher_anchor, self._teacher_order), self.other_params,
+                         self.structure_bytes)
         self._structures: dict[frozenset[str], Structure] = {frozenset(): base}
         self.groups: tuple[Decision, ...] = base.groups
         self.units: tuple[Decision, ...] = tuple(self._unit_decision(u.id) for u in a.removable if self._unit_layers(u.id))
@@ -199,11 +211,13 @@ class SearchSpace:
             model = apply_plan(self.teacher, Plan.from_json({"passes": steps}))
             analysis = analyze(import_graph(model))
         except Exception as exc:  # an unappliable removal set: the episode's plan will be infeasible
-            s = Structure(removed, None, None, (), self.other_params, error=f"{type(exc).__name__}: {exc}")
+            s = Structure(removed, None, None, (), self.other_params, self.structure_bytes, error=f"{type(exc).__name__}: {exc}")
         else:
             cost = SearchCost(analysis)
-            other = model_params(model) - cost.total_layer_params
-            s = Structure(removed, analysis, cost, _group_decisions(analysis, self._teacher_anchor, self._teacher_order), other)
+            params = model_params(model)
+            other = params - cost.total_layer_params
+            s = Structure(removed, analysis, cost, _group_decisions(analysis, self._teacher_anchor, self._teacher_order), other,
+                          _structure_bytes(model, params))
         self._structures[removed] = s
         return s
 
@@ -230,9 +244,13 @@ class SearchSpace:
         else:
             macs = s.cost.macs(keep)
             params = s.cost.layer_params(keep) + s.other_params
-        size = float(params) * BYTES_PER_ELEMENT[32]
-        if bits:
-            for name, b in bits.items():
+        if self.precision is not None:
+            # quantization searches (no pruning): the measured table predicts the file the
+            # quantize pass writes, scales, zero points, int32 biases and Q/DQ nodes included
+            size = float(self.precision.size_bytes({n: int(b) for n, b in (bits or {}).items()}))
+        else:
+            size = float(params) * BYTES_PER_ELEMENT[32] + s.structure_bytes
+            for name, b in (bits or {}).items():
                 layer = self._layers[name]
                 size -= layer.params * (BYTES_PER_ELEMENT[32] - BYTES_PER_ELEMENT[int(b)])
         if self.precision is not None:

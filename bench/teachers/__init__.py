@@ -31,6 +31,8 @@ class TrainedTeacher:
 # teachers here with their measured cost.
 TRAINED: dict[str, TrainedTeacher] = {
     "resnet20_cifar10": TrainedTeacher("resnet20", "cifar10", epochs=30),
+    # measured 2026-12-01: see bench/teachers/README in BENCHMARKS.md (peers) for its time and accuracy
+    "mobilenetv2_cifar10": TrainedTeacher("mobilenetv2", "cifar10", epochs=15),
 }
 FIXED: dict[str, Path] = {"resnet8_mlperf": RESNET8, "demo_cnn_fashion": demo_teacher_path()}
 NAMES = [*FIXED, *TRAINED]

@@ -28,7 +28,7 @@ def test_teacher_metrics(labelled):
     t = labelled.teacher_metrics
     assert t.accuracy == pytest.approx(0.75)
     assert t.feasible and t.macs == labelled.space.teacher_cost.macs
-    assert t.params == labelled.space.teacher_cost.params and t.size_bytes == 4 * t.params
+    assert t.params == labelled.space.teacher_cost.params and t.size_bytes == TEACHER.ByteSize()  # the file
 
 
 def test_agreement_without_labels():
