@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 from bench.common import RESULTS, ROOT
@@ -26,7 +27,9 @@ def assemble() -> None:
     for name in ORDER:
         p = RESULTS / f"{name}.md"
         if p.exists():
-            parts.append(p.read_text().rstrip())
+            # images sit beside their result file; BENCHMARKS.md is two folders up
+            text = re.sub(r"\]\(([\w.-]+\.png)\)", lambda m: f"]({RESULTS.relative_to(ROOT).as_posix()}/{m[1]})", p.read_text())
+            parts.append(text.rstrip())
     (ROOT / "BENCHMARKS.md").write_text("\n\n".join(parts) + "\n")
 
 

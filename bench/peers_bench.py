@@ -287,7 +287,9 @@ def torch_pruning_row(task: Task, target: float, epochs: int, seed: int, global_
 
     base, nhwc = _torch_teacher(task)
     module = copy.deepcopy(base)
-    example = torch.zeros(1, 3, 32, 32)
+    dims = tuple(d.dim_value for d in task.teacher.graph.input[0].type.tensor_type.shape.dim[1:])  # as the ONNX teacher takes it
+    nchw = (dims[2], dims[0], dims[1]) if nhwc else dims
+    example = torch.zeros(1, *nchw)
     head = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
     teacher_macs = _torch_macs(module, example)
     t0 = time.perf_counter()
@@ -309,7 +311,7 @@ def torch_pruning_row(task: Task, target: float, epochs: int, seed: int, global_
     prune_s = time.perf_counter() - t0
     module.eval()
     export = _NHWC.wrap(module) if nhwc else module
-    shape = (1, 32, 32, 3) if nhwc else (1, 3, 32, 32)
+    shape = (1, *dims)
     student = to_onnx(export, shape, fold_bn=True, metadata={p.key: p.value for p in task.teacher.metadata_props})
     onnx_macs = model_cost(onnx.shape_inference.infer_shapes(student)).macs
     if onnx_macs != macs:
