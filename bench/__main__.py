@@ -1,5 +1,5 @@
 """`python -m bench all [--quick]` runs every benchmark and rebuilds BENCHMARKS.md;
-`python -m bench NAME` runs one (structural, quantize, search, finetune, peers, e2e)."""
+`python -m bench NAME` runs one (structural, quantize, search, landscape, finetune, peers, e2e)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ BENCHES = {
     "structural": "bench.structural_bench",
     "quantize": "bench.quantize_bench",
     "search": "bench.search_bench",
+    "landscape": "bench.landscape_bench",
     "finetune": "bench.finetune_bench",
     "peers": "bench.peers_bench",
     "e2e": "bench.e2e_bench",
@@ -25,8 +26,10 @@ ORDER = list(BENCHES)
 def assemble() -> None:
     parts = [(ROOT / "bench" / "BENCHMARKS_HEAD.md").read_text().rstrip()]
     for name in ORDER:
-        p = RESULTS / f"{name}.md"
-        if p.exists():
+        # a benchmark's main result, then its companions (e.g. search_landscape.md)
+        for p in [RESULTS / f"{name}.md", *sorted(RESULTS.glob(f"{name}_*.md"))]:
+            if not p.exists():
+                continue
             # images sit beside their result file; BENCHMARKS.md is two folders up
             text = re.sub(r"\]\(([\w.-]+\.png)\)", lambda m: f"]({RESULTS.relative_to(ROOT).as_posix()}/{m[1]})", p.read_text())
             parts.append(text.rstrip())

@@ -156,17 +156,55 @@ def executor_speed(task: Task, n_plans: int, seed: int, workers: int) -> dict:
     return out
 
 
+def landscape(task: Task, n: int, seed: int, workers: int, target: float = 0.5) -> str:
+    """How flat is the accuracy of plans near the target? `n` random plans (the `random` agent,
+    centred on uniform), each scored on the validation and the held-out images: the spread,
+    the agreement of the two sets across plans, and how the best plans on validation do on the
+    held-out images. Markdown."""
+    cfg = SearchConfig(agent="random", episodes=n, targets=(Target(macs=target),), seed=seed)
+    executor = ExecutorConfig("local", workers)
+    t0 = time.perf_counter()
+    result = run_search(task.teacher, task.val, task.calib, cfg, executor=executor, progress=False)
+    cands = [c for c in result.candidates if c.metrics.feasible and c.metrics.macs <= target * result.teacher.macs]
+    spec = EvaluatorSpec(task.teacher.SerializeToString(), np.asarray(task.heldout.x), np.asarray(task.heldout.y), task.calib, seed=seed)
+    with make_executor(executor, spec) as ex:
+        held = ex.evaluate_many([c.plan for c in cands])
+    uniform_plan = run_search(task.teacher, task.val, task.calib, SearchConfig(agent="uniform", episodes=1, targets=(Target(macs=target),), seed=seed),
+                              executor=ExecutorConfig("local", 1), progress=False).best[0].plan
+    uniform_held = Evaluator(task.teacher, task.heldout, task.calib, seed=seed).evaluate(uniform_plan).accuracy
+    v = np.array([c.metrics.accuracy for c in cands])
+    h = np.array([m.accuracy for m in held])
+    top = np.argsort(-v)[:5]
+    lines = [
+        f"### Accuracy landscape: {task.name}, {len(v)} random plans within macs <= {100 * target:g} % (seed {seed})",
+        "",
+        "| | validation (1000 images) | held-out (2000 images) |",
+        "|---|---:|---:|",
+        f"| mean ± sd over plans | {v.mean():.3f} ± {v.std():.3f} | {h.mean():.3f} ± {h.std():.3f} |",
+        f"| range | {v.min():.3f} - {v.max():.3f} | {h.min():.3f} - {h.max():.3f} |",
+        f"| uniform plan | — | {uniform_held:.3f} |",
+        "",
+        f"Correlation of the two scores across plans: {np.corrcoef(v, h)[0, 1]:.2f}. The five plans best on validation "
+        f"({', '.join(f'{x:.3f}' for x in v[top])}) score {', '.join(f'{x:.3f}' for x in h[top])} held-out; the best held-out plan of "
+        f"all {len(v)} is {100 * (h.max() - uniform_held):+.1f} points from uniform. {time.perf_counter() - t0:.0f} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def fmt(v, spec: str) -> str:
     return "—" if v is None else format(v, spec)
 
 
-def write_markdown(path: Path, command: str, tasks: list[tuple[Task, list[dict]]], speed: dict | None, notes: list[str]) -> None:
+def write_markdown(path: Path, command: str, tasks: list[tuple[Task, list[dict]]], speed: dict | None, notes: list[str],
+                   when: str | None = None, where: str | None = None) -> None:
+    """`when` / `where`: the run's date and machine line when the table is rewritten later (notes)."""
     lines = [
         "# Search benchmark",
         "",
         f"- command: `{command}`",
-        f"- date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
-        f"- machine: {machine()}",
+        f"- date: {when or dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        f"- machine: {where or machine()}",
         "- no fine-tuning: candidates are scored right after `prune_channels` (L1, least-squares refit on 256 calibration images)",
         "- `val` = accuracy of the best plan within the target on the search's 1000 validation images (CIFAR-10 JPEG test 0..999);"
         " `held-out` = the same plan on test images 1000..2999 (unbiased by the search's best-of-N selection)",
@@ -239,14 +277,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--executor-only", action="store_true", help="only the executor speed comparison")
     p.add_argument("--no-executor-bench", action="store_true")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "search.md"))
-    p.add_argument("--json", default=None, help="also write the raw rows here")
+    p.add_argument("--json", default=str(ROOT / "bench" / "results" / "search_raw.json"), help="also write the raw rows here (for --from-json)")
     p.add_argument("--note", action="append", default=[], help="a line for the Notes section")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--raw-actions", action="store_true", help="AMC's raw keep-ratio actions instead of actions centred on uniform")
+    p.add_argument("--landscape", type=int, default=0, metavar="N",
+                   help="only score N random plans on validation and held-out images per teacher (bench/results/search_landscape.md)")
+    p.add_argument("--landscape-seed", type=int, default=5)
+    p.add_argument("--from-json", default=None, metavar="RAW",
+                   help="rewrite the markdown from the raw rows of an earlier run (its --json file) with this call's --note lines")
     args = p.parse_args(argv)
+    if args.from_json:
+        raw = json.loads(Path(args.from_json).read_text())
+        tasks_raw = [(Task(t["name"], None, None, None, None), t["rows"]) for t in raw["tasks"]]
+        write_markdown(Path(args.out), raw.get("command", "?"), tasks_raw, raw.get("speed"), list(args.note) or raw.get("notes", []),
+                       raw.get("date"), raw.get("machine"))
+        print(f"wrote {args.out}")
+        return 0
+    if args.landscape:
+        r20 = resnet20_task()
+        parts = [landscape(t, args.landscape, args.landscape_seed, args.workers, args.target) for t in [resnet8_task(), *([r20] if r20 else [])]]
+        command = "python bench/search_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        out = ROOT / "bench" / "results" / "search_landscape.md"
+        out.write_text(f"Command: `{command}` — {dt.date.today().isoformat()}, {machine()}.\n\n" + "\n".join(parts))
+        print(out.read_text())
+        return 0
     command = "python bench/search_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    started, where = dt.datetime.now().strftime("%Y-%m-%d %H:%M"), machine()
     task = resnet8_task()
     tasks: list[tuple[Task, list[dict]]] = []
     notes = list(args.note)
@@ -260,9 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             tasks.append((r20, run_agents(r20, agents, args.episodes, seeds, args.target, executor, not args.no_progress, not args.raw_actions)))
     speed = None if args.no_executor_bench else executor_speed(task, args.speed_plans, seeds[0], args.workers)
-    write_markdown(Path(args.out), command, tasks, speed, notes)
+    write_markdown(Path(args.out), command, tasks, speed, notes, started, where)
     if args.json:
-        Path(args.json).write_text(json.dumps({"tasks": [{"name": t.name, "rows": rows} for t, rows in tasks], "speed": speed}, indent=1))
+        Path(args.json).write_text(json.dumps({"tasks": [{"name": t.name, "rows": rows} for t, rows in tasks], "speed": speed,
+                                               "command": command, "date": started, "machine": where, "notes": notes}, indent=1))
     print(f"wrote {args.out}")
     return 0
 
