@@ -57,6 +57,7 @@ AGENTS = ("ddpg", "reinforce")
 QUICK_EPISODES = 8  # per agent and target; full mode uses compress's defaults
 VAL_IMAGES = 1000  # held out of the 10k training images for early stopping / choosing
 QUICK_TEST_IMAGES = 2000
+SEARCH_WORKERS = 2  # the search's evaluations in a process pool: same results as in-process (bench/results/search.md), ~1.8x faster
 TP_STEPS = 1000  # Torch-Pruning iterative steps towards a 95 % channel ratio: ~0.1 % of channels each
 
 # teachers from models/ (bench/teachers names them): peers key -> (bench.teachers key, label)
@@ -369,6 +370,7 @@ def onnxcompress_row(task: Task, agent: str, target: float, epochs: int, seed: i
         seed=seed,
         preprocess=task.preprocess,
         progress=False,
+        workers=SEARCH_WORKERS,
     )
     s = result.students[0]
     r = result.report
