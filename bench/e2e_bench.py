@@ -3,8 +3,9 @@ it: the CLI in a subprocess, then the students judged on the 10,000-image CIFAR-
 the run never saw.
 
 1. all classes: `onnxcompress RESNET8 --data cifar10_train10k_jpeg.npz --target macs=0.5 --scale 1`
-2. vehicles only: the same with `--classes 0,1,8,9 --target macs=0.25`, i.e. half the MACs of (1),
-   judged on the 4-class test subset against the teacher restricted to those 4 logits.
+2. vehicles only: the same with `--classes 0,1,8,9 --target macs=M/2`, M the MACs fraction the
+   student of (1) kept, judged on the 4-class test subset against the teacher restricted to those 4
+   logits.
 
 Both runs use the same seed and fine-tuning budget. Latency: each student timed in pairs with
 the teacher (CPU time of the single inference thread, `compiler.runtime.compare_latency`).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -68,7 +70,10 @@ def run(quick: bool = False, epochs: int | None = None) -> str:
     work = Path(tempfile.mkdtemp(prefix="onnxcompress-e2e-"))
 
     wall_all, rep_all = _compress(work / "all.onnx", "macs=0.5", epochs, episodes, None)
-    wall_veh, rep_veh = _compress(work / "vehicles.onnx", "macs=0.25", epochs, episodes, VEHICLES)
+    # "at least 2x smaller than the all-class student at the same accuracy budget": the vehicles
+    # run asks for half of what the all-class student actually kept, with the same --max-drop
+    half = math.floor(500 * rep_all["student"]["macs"] / rep_all["teacher"]["macs"]) / 1000
+    wall_veh, rep_veh = _compress(work / "vehicles.onnx", f"macs={half:g}", epochs, episodes, VEHICLES)
     student_all, student_veh = load_model(work / "all.onnx"), load_model(work / "vehicles.onnx")
 
     t_scores = api.predict(teacher, test.x)
@@ -95,7 +100,7 @@ def run(quick: bool = False, epochs: int | None = None) -> str:
     rows = [
         row("teacher (as delivered)", ct, acc_t, acc_t, acc_t4, acc_t4, lat[0], 0.0, None),
         row("all classes, macs=0.5", ca, acc_s, acc_t, acc_s4_all, acc_t4, lat[1], wall_all, rep_all),
-        row("vehicles 0,1,8,9, macs=0.25", cv, None, acc_t, acc_v4, acc_t4, lat[2], wall_veh, rep_veh),
+        row(f"vehicles 0,1,8,9, macs={half:g}", cv, None, acc_t, acc_v4, acc_t4, lat[2], wall_veh, rep_veh),
     ]
     drop = 100 * (acc_t - acc_s)
     drop4 = 100 * (acc_t4 - acc_v4)
@@ -111,7 +116,7 @@ def run(quick: bool = False, epochs: int | None = None) -> str:
     text = header("End to end: `onnxcompress compress` on the MLPerf Tiny ResNet-8 (issue 7)", command)
     text += (
         f"\nCommands (in {work.name}/): `{' '.join(['onnxcompress', RESNET8.name, '--data', CIFAR_TRAIN.name, '--target', 'macs=0.5', '--scale', '1', '--finetune-epochs', str(epochs), '--seed', str(SEED)])}`"
-        f" and the same with `--classes {','.join(map(str, VEHICLES))} --target macs=0.25`. Default agent (ddpg), "
+        f" and the same with `--classes {','.join(map(str, VEHICLES))} --target macs={half:g}` (half the MACs the all-class student kept). Default agent (ddpg), "
         f"{rep_all['search']['episodes']} episodes; the validation subset is held out of the 10k training file by compress; "
         f"top-1 on {len(test)} images of cifar10_test_jpeg.npz, never seen by the runs (4-class subset: {int(mask.sum())} images; "
         "the teacher restricted to the same 4 logits). Latency: paired with the teacher, CPU time, batch 1 / 32. "
