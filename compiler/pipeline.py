@@ -388,10 +388,12 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
         criterion="activation",
     )
     executor = ExecutorConfig(kind="ray" if config.executor == "ray" else "local", workers=config.workers, ray_address=config.ray_address)
-    # structure families (compiler/structure.py): channel searches with a residual block removed
-    # first, judged by a short fine-tune; only for structural targets and agents that do not
-    # decide removals themselves, and only when the student will be fine-tuned
-    structural = all(t.size is None for t in config.targets) and "remove" not in search_config.resolved_stages()
+    # structure families (compiler/structure.py): searches with a residual block removed first,
+    # judged by a short fine-tune; for structural targets, when the student will be fine-tuned.
+    # Agents that decide removals themselves (reinforce) get them too: judged without
+    # fine-tuning, their removal stage learns to keep every unit (bench/results/search.md), so
+    # without families N2N's stage 1 would never remove anything in compress
+    structural = all(t.size is None for t in config.targets)
     fams = structure.families(base, config.families) if structural and config.finetune_epochs > 0 else [()]
     results = []
     for removed in fams:
