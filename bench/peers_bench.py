@@ -28,7 +28,9 @@ quick mode) is only ever measured, never used to choose anything: the "best agen
 the better held-out validation top-1. Latency: onnxruntime CPU, 1 thread, every model measured side
 by side with the teacher in one `compare_latency` call; ratios only.
 
-Writes bench/results/peers.md and bench/results/peers.png.
+Writes bench/results/peers.md and peers.png for the default ResNet-8 run; a run of other teachers
+writes peers_<models>.md / .png beside it (e.g. `--models resnet20` -> peers_resnet20.md), so the
+ResNet-8 result stays and `python -m bench` assembles both into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -648,7 +650,8 @@ def run(quick: bool, models: list[str], epochs: int, seed: int, targets: tuple[f
             work.mkdir()
             results.append(run_task(name, quick, epochs, seed, work, log, targets))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(results, RESULTS / "peers.png")
+    name = result_name(models)
+    plot(results, RESULTS / f"{name}.png")
 
     text = header("onnxcompress vs Torch-Pruning vs uniform L1 at equal MACs (issue 8)", command)
     text += (
@@ -680,14 +683,20 @@ def run(quick: bool, models: list[str], epochs: int, seed: int, targets: tuple[f
             f"\nQuick mode is a smoke test: {QUICK_EPISODES} search episodes and one fine-tuning epoch are far below "
             "what the agents and the trainer need; read the full-mode table for the comparison.\n"
         )
-    if "resnet20" not in models:
+    if "resnet20" not in models and not (RESULTS / "peers_resnet20.md").exists():
         text += (
             "\nThe reference ResNet-20 is not in this run: training it (bench.teachers, 30 epochs) takes ~45 min on this "
             "2-core machine, over the 15-minute budget of a benchmark teacher, and its rows would take ~3x the ResNet-8 "
             "time; `--models resnet8,resnet20` runs it (after `python -m bench.teachers resnet20_cifar10`).\n"
         )
-    text += "\n![accuracy vs MACs](peers.png)\n\n" + NOTES
+    text += f"\n![accuracy vs MACs]({name}.png)\n\n" + NOTES
     return text
+
+
+def result_name(models: list[str]) -> str:
+    """bench/results file stem of a run: `peers` for the default ResNet-8 run, else one per set of
+    teachers, so that running the slow reference teachers separately keeps the ResNet-8 result."""
+    return "peers" if models == ["resnet8"] else "peers_" + "_".join(models)
 
 
 def main(argv=None) -> None:
@@ -701,7 +710,7 @@ def main(argv=None) -> None:
     models = args.models.split(",") if args.models else ["resnet8"]
     epochs = args.epochs or (1 if args.quick else 5)
     targets = tuple(float(t) for t in args.targets.split(",")) if args.targets else None
-    path = write_result("peers", run(args.quick, models, epochs, args.seed, targets))
+    path = write_result(result_name(models), run(args.quick, models, epochs, args.seed, targets))
     print(path.read_text())
 
 
