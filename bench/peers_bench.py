@@ -16,7 +16,9 @@ One run, one teacher, the same data, seed and fine-tune budget for every row, at
   model (`SearchCost`) to the MACs target, `criterion l1`, least-squares refit (the pass's default
   with calibration data, as in the search's candidates), no search.
 - **onnxcompress**: `compress(...)` with the agents `ddpg` and `reinforce` (default episodes in full
-  mode), the same fine-tuning inside it.
+  mode), the same fine-tuning inside it; these keep channel counts on onnxruntime's block grid
+  (compress's default, for real speed). A third row runs ddpg with `--channel-multiple 1` (any
+  width, like every other row here): the accuracy the grid costs.
 - **teacher, fine-tuned**: the unpruned teacher through the same fine-tuning. CIFAR-10 here is
   JPEG-decoded, so fine-tuning alone adapts the teacher to JPEG; this row separates that gain from
   what compression costs.
@@ -56,6 +58,9 @@ FASHION_TEST = REALDATA / "data" / "fashion_mnist_test.npz"
 TARGETS_FULL = (0.5, 0.25)
 TARGETS_QUICK = (0.5,)
 AGENTS = ("ddpg", "reinforce")
+# compress keeps channel counts on onnxruntime's block grid by default (real speed-up); this row runs
+# the default agent with --channel-multiple 1, the free widths every other pruning row has
+WIDTH_FREE = "any width"
 QUICK_EPISODES = 8  # per agent and target; full mode uses compress's defaults
 VAL_IMAGES = 1000  # held out of the 10k training images for early stopping / choosing
 QUICK_TEST_IMAGES = 2000
@@ -358,7 +363,10 @@ def uniform_l1_row(task: Task, target: float, epochs: int, seed: int) -> Row:
     return Row(L1, target, tuned, rewrite_s, ft_s, val, f"ratio {ratio:.6g}; val top-1 before fine-tuning {100 * before:.1f} %")
 
 
-def onnxcompress_row(task: Task, agent: str, target: float, epochs: int, seed: int, episodes: int | None) -> Row:
+def onnxcompress_row(task: Task, agent: str, target: float, epochs: int, seed: int, episodes: int | None,
+                     channel_multiple: int | None = None) -> Row:
+    """`compress` with `agent`; `channel_multiple` None is compress's default (onnxruntime's
+    channel block, for real speed), 1 lets it keep any width like the other rows do."""
     from onnxcompress.compiler.pipeline import compress
 
     result = compress(
@@ -373,6 +381,7 @@ def onnxcompress_row(task: Task, agent: str, target: float, epochs: int, seed: i
         preprocess=task.preprocess,
         progress=False,
         workers=SEARCH_WORKERS,
+        channel_multiple=channel_multiple,
     )
     s = result.students[0]
     r = result.report
@@ -381,7 +390,8 @@ def onnxcompress_row(task: Task, agent: str, target: float, epochs: int, seed: i
         detail += f"; val top-1 before fine-tuning {100 * s.search_accuracy:.1f} %"
     if not s.feasible:
         detail += f"; compress: {s.note}"
-    return Row(f"onnxcompress {agent}", target, s.model, r.search_wall_s, r.finetune_wall_s, s.metrics.accuracy, detail)
+    method = f"onnxcompress {agent}" + (f" ({WIDTH_FREE})" if channel_multiple == 1 else "")
+    return Row(method, target, s.model, r.search_wall_s, r.finetune_wall_s, s.metrics.accuracy, detail)
 
 
 def int8_row(task: Task, agent_rows: list[Row], seed: int) -> Row:
@@ -580,6 +590,7 @@ def run_task(name: str, quick: bool, epochs: int, seed: int, workdir: Path, log,
             if not quick:  # Torch-Pruning's default, per-layer ratio: a fairer second setting
                 makers.insert(1, ("TPL", lambda: torch_pruning_row(task, target, epochs, seed, global_pruning=False)))
         makers += [(a, (lambda a=a: onnxcompress_row(task, a, target, epochs, seed, episodes))) for a in AGENTS]
+        makers.append(("ddpg-free", lambda: onnxcompress_row(task, AGENTS[0], target, epochs, seed, episodes, channel_multiple=1)))
         for label, make in makers:
             r0 = time.perf_counter()
             row = make()

@@ -103,6 +103,10 @@ class CompressConfig:
     checkpoint_dir: Path | None = None
     progress: bool = True
     families: int = 3  # structure families explored (compiler/structure.py); 1 = channels only
+    # kept channel counts are multiples of this when the budget allows; None: the NCHWc block of
+    # onnxruntime on this CPU (compiler/hardware.py), 1: any width (runtimes without blocked
+    # kernels, e.g. microcontrollers, where only MACs and bytes count)
+    channel_multiple: int | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -118,6 +122,8 @@ class CompressConfig:
             raise UsageError("--workers must be >= 1")
         if self.families < 1:
             raise UsageError("--families must be >= 1")
+        if self.channel_multiple is not None and self.channel_multiple < 1:
+            raise UsageError(f"--channel-multiple must be >= 1 (1: any width), got {self.channel_multiple}")
         if self.executor not in ("local", "ray"):
             raise UsageError(f"--executor must be local or ray, got '{self.executor}'")
         if self.classes is not None and (len(self.classes) == 0 or len(set(self.classes)) != len(self.classes) or min(self.classes) < 0):

@@ -66,6 +66,7 @@ class RunReport:
     max_drop: float = 1.0
     # per target: the structure families compared by a short fine-tune (compiler/structure.py)
     probes: tuple[tuple[Any, ...], ...] = ()
+    channel_multiple: int = 1  # kept channel counts were multiples of this where the budget allowed
 
     def to_json(self) -> dict[str, Any]:
         main = self.students[0]
@@ -75,7 +76,7 @@ class RunReport:
             "student": main.metrics.to_json(),
             "plan": main.plan,
             "search": {"agent": self.agent, "episodes": self.episodes, "evaluations": self.evaluations, "wall_s": round(self.search_wall_s, 2),
-                       "families": [[p.to_json() for p in per_target] for per_target in self.probes]},
+                       "channel_multiple": self.channel_multiple, "families": [[p.to_json() for p in per_target] for per_target in self.probes]},
             "finetune": {"epochs": self.finetune_epochs, "wall_s": round(self.finetune_wall_s, 2)},
             "pareto": [dict(m.to_json(), plan=p) for m, p in self.pareto],
             "target": main.target,
@@ -148,7 +149,8 @@ def to_markdown(report: RunReport, png_name: str | None) -> str:
         lines.append(f"- target {s.target}: {s.note}")
     lines += [
         "",
-        f"Search: agent `{report.agent}`, {report.episodes} episodes, {report.evaluations} evaluations, {report.search_wall_s:.1f} s. "
+        f"Search: agent `{report.agent}`, {report.episodes} episodes, {report.evaluations} evaluations, {report.search_wall_s:.1f} s, "
+        f"channel widths {'of any count' if report.channel_multiple == 1 else f'in multiples of {report.channel_multiple}'}. "
         f"Fine-tuning: {report.finetune_epochs} epochs, {report.finetune_wall_s:.1f} s. Seed {report.seed}. Accuracy budget: {report.max_drop} points.",
         "",
     ]

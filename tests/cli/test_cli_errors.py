@@ -110,6 +110,7 @@ CASES = [
     ("missing data", ["eval", "{d}/model.onnx", "--data", "{d}/nodata.npz"], 4, "does not exist"),
     ("bad target", ["compress", "{d}/model.onnx", "--data", "{d}/data.npz", "--target", "macs:half", "-o", "{d}/out.onnx"], 2, "target"),
     ("impossible target", ["compress", "{d}/model.onnx", "--data", "{d}/data.npz", "--target", "macs=1.5", "-o", "{d}/out.onnx"], 2, "impossible"),
+    ("channel multiple below 1", ["compress", "{d}/model.onnx", "--data", "{d}/data.npz", "--target", "macs=0.5", "--channel-multiple", "0", "-o", "{d}/out.onnx"], 2, "channel-multiple"),
     ("unknown option", ["inspect", "{d}/model.onnx", "--frobnicate"], 2, "unrecognized"),
 ]
 

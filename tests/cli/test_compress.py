@@ -67,6 +67,24 @@ def test_compress_writes_student_and_report(job):
     assert abs(float(m[1]) - float(m[3]) - float(m[2])) < 0.011
 
 
+@pytest.mark.parametrize("multiple", [1, 4])
+def test_channel_multiple_sets_the_width_grid(job, multiple):
+    """--channel-multiple: the search keeps widths on the grid when the budget allows (the
+    default is onnxruntime's block on this CPU); 1 allows any width, which the uniform plan at
+    0.5x MACs of a 16-channel network uses (11 of 16 channels kept)."""
+    import onnxcompress
+
+    result = onnxcompress.compress(str(job / "teacher.onnx"), str(job / "train.npz"), "macs=0.5", agent="uniform", episodes=2,
+                                   finetune_epochs=0, families=1, channel_multiple=multiple, progress=False)
+    report = result.report.to_json()
+    assert report["search"]["channel_multiple"] == multiple
+    assert report["student"]["macs"] <= 0.5 * report["teacher"]["macs"]
+    widths = {student for teacher, student in result.report.students[0].channels.values() if student != teacher}
+    assert widths, "the plan pruned nothing"
+    on_grid = all(w % 4 == 0 for w in widths)
+    assert on_grid if multiple == 4 else not on_grid, widths
+
+
 def test_compress_class_subset(job):
     out = job / "sub.onnx"
     present = np.flatnonzero(np.bincount(np.load(job / "train.npz")["y"], minlength=10))[::-1][:3]  # labels the data has
