@@ -696,9 +696,9 @@ def run(quick: bool, models: list[str], epochs: int, seed: int, targets: tuple[f
         )
     if "resnet20" not in models and not (RESULTS / "peers_resnet20.md").exists():
         text += (
-            "\nThe reference ResNet-20 is not in this run: training it (bench.teachers, 30 epochs) takes ~45 min on this "
-            "2-core machine, over the 15-minute budget of a benchmark teacher, and its rows would take ~3x the ResNet-8 "
-            "time; `--models resnet8,resnet20` runs it (after `python -m bench.teachers resnet20_cifar10`).\n"
+            "\nThe reference ResNet-20 is not in this run: training it (bench.teachers, 30 epochs) takes ~14 min on an idle "
+            "2-core machine (an hour or more when other jobs share it), and its rows take ~1 hour per target; "
+            "`--models resnet20` runs it into peers_resnet20.md (after `python -m bench.teachers resnet20_cifar10`).\n"
         )
     text += f"\n![accuracy vs MACs]({name}.png)\n\n" + NOTES
     return text

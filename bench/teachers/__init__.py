@@ -26,9 +26,9 @@ class TrainedTeacher:
 
 
 # CIFAR-10 here is the 10k-image JPEG training subset of ../shared/realdata. Measured on the shared
-# 2-core machine (one thread, other jobs running), ResNet-20 trains at 90-240 s per epoch, so its 30
-# epochs take one to two hours: run `python -m bench.teachers` well before a benchmark. Add
-# teachers here with their measured cost.
+# 2-core machine with one thread: ResNet-20 trains at ~27 s per epoch when the other core is idle
+# (30 epochs: 816 s, 2026-12-03) and at 90-240 s per epoch when other jobs share the cores: run
+# `python -m bench.teachers` before a benchmark. Add teachers here with their measured cost.
 TRAINED: dict[str, TrainedTeacher] = {
     "resnet20_cifar10": TrainedTeacher("resnet20", "cifar10", epochs=30),
     # measured 2026-12-01: see bench/teachers/README in BENCHMARKS.md (peers) for its time and accuracy
