@@ -607,16 +607,18 @@ def run_task(name: str, quick: bool, epochs: int, seed: int, workdir: Path, log,
 NOTES = """### Notes
 
 - Torch-Pruning removes channels and leaves the recovery to retraining (no reconstruction); the DepGraph
-  paper retrains for ~100 epochs. With the few epochs of this budget a student that pruning has
-  collapsed does not come back, so its rows measure "pruning without a refit + this budget" rather than
-  Torch-Pruning's choice of channels alone (our own uniform L1 without its least-squares refit is as
-  collapsed before fine-tuning: ~13 % top-1 at 50 % MACs on ResNet-8). On the BN-folded ResNet-8 fed raw
-  0..255 pixels, weight magnitudes are not comparable across layers (folding scaled each conv by its BN,
-  the stem sees raw pixels): the global ranking prunes the 16-channel early layers hardest.
+  paper retrains for ~100 epochs. Its students start at chance (the "val top-1 before fine-tuning" below),
+  so within this budget its rows measure "pruning without a refit + a few epochs" rather than
+  Torch-Pruning's choice of channels alone (our own uniform L1 without its least-squares refit starts as
+  low: ~13 % top-1 at 50 % MACs on ResNet-8). On the BN-folded ResNet-8 fed raw 0..255 pixels, weight
+  magnitudes are not comparable across layers (folding scaled each conv by its BN, the stem sees raw
+  pixels): the global ranking prunes the 16-channel early layers hardest.
 - Latency: channel counts off onnxruntime's 8/16-channel blocks (11, 23, 45, ...) leave its blocked
-  (NCHWc) convolution kernels' fast path, so a pruned ResNet-8 at half the MACs can take *longer* than the
-  teacher (bench/results/structural.md shows the same for uniform pruning). A MACs target is not a
-  latency target on this runtime; `round_to` or a `latency=` target is.
+  (NCHWc) convolution kernels' fast path, so a network pruned to half the MACs with such widths takes
+  *longer* than the teacher (bench/results/structural.md shows the same for uniform pruning). compress
+  therefore keeps widths on the block grid (`--channel-multiple`, default the block of this CPU) and
+  removes whole residual blocks where a short fine-tune says it pays (its structure families); the
+  "any width" row is the same search without the grid.
 
 - Every row is one fine-tuning run with one seed. The standard error of a top-1 on 10,000 test images
   is about ±0.4 points, and different seeds of the same fine-tuning move top-1 by a similar amount:
