@@ -38,6 +38,8 @@ def machine() -> str:
 
 def header(title: str, command: str) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    if not commit and (ROOT / "COMMIT").exists():  # an export of a commit (git archive), run outside git
+        commit = (ROOT / "COMMIT").read_text().strip() + " (export)"
     return f"## {title}\n\nCommand: `{command}` — {date.today().isoformat()}, commit {commit}, {machine()}.\n"
 
 
