@@ -395,10 +395,10 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
     )
     executor = ExecutorConfig(kind="ray" if config.executor == "ray" else "local", workers=config.workers, ray_address=config.ray_address)
     structural = all(t.size is None for t in config.targets)
-    baseline = None
+    baseline, baselines = None, []
     if structural and agent != "uniform" and all(t.latency is None for t in config.targets):
         # (latency targets: the search's measured latency model decides, not a MACs-uniform plan)
-        search_config, baseline = _uniform_baseline(base, job, search_config)
+        search_config, baseline, baselines = _uniform_baseline(base, job, search_config)
     # structure families (compiler/structure.py): searches with a residual block removed first,
     # judged by a short fine-tune; for structural targets, when the student will be fine-tuned.
     # Agents that decide removals themselves (reinforce) get them too: judged without
@@ -421,7 +421,7 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
                 raise
             continue  # e.g. a target this family cannot reach: the other families still count
     main = results[0][1]
-    searched = results + ([((), baseline)] if baseline is not None else [])
+    searched = results + [((), b) for b in baselines]  # every evaluated plan counts (front, evaluations)
 
     def metrics(m) -> ModelMetrics:
         return ModelMetrics(m.macs, m.params, m.size_bytes, m.accuracy, None)
@@ -482,7 +482,8 @@ CRITERIA = ("activation", "l1")
 
 
 def _uniform_baseline(base: onnx.ModelProto, job: JobData, search_config):
-    """(search_config with its criterion chosen, the uniform search with that criterion).
+    """(search_config with its criterion chosen, the uniform search with that criterion, the
+    uniform searches of every criterion).
 
     The uniform plan (one keep ratio for every group, on the search's width grid) is evaluated
     with each criterion of CRITERIA on the validation images, one evaluation each. The criterion
@@ -494,15 +495,16 @@ def _uniform_baseline(base: onnx.ModelProto, job: JobData, search_config):
     76.7 % vs 78.4 %, and DDPG's best plan of 99 evaluations there (75.8 %) was below both."""
     from onnxcompress.search.driver import run_search
 
-    best = None
+    best, results = None, []
     for criterion in CRITERIA:
         cfg = replace(search_config, agent="uniform", episodes=1, criterion=criterion, save_policy=None, load_policy=None)
         result = run_search(base, job.val, job.calibration, cfg, progress=False)
+        results.append(result)
         score = sum((b.metrics.accuracy or 0.0) for b in result.best if b.metrics is not None)
         if best is None or score > best[0]:
             best = (score, criterion, result)
     _, criterion, result = best
-    return replace(search_config, criterion=criterion), result
+    return replace(search_config, criterion=criterion), result, results
 
 
 def _uniform_plan(base: onnx.ModelProto, target: Target) -> Plan:

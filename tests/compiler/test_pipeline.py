@@ -56,7 +56,8 @@ def test_search_never_returns_less_than_the_uniform_baseline():
     job = prepare_data(base, train, None, Preprocess.from_model(teacher), None, defaults.val_size, defaults.calib_size, 0)
     config = SearchConfig(agent="random", episodes=1, targets=(target,), val_limit=defaults.val_size,
                           calib_limit=defaults.calib_size, channel_multiple=1)
-    chosen, uniform = _uniform_baseline(base, job, config)
+    chosen, uniform, both = _uniform_baseline(base, job, config)
+    assert len(both) == len(CRITERIA) and uniform in both
     assert chosen.criterion in CRITERIA and chosen.agent == "random" and chosen.episodes == 1
     (best,) = uniform.best
     assert best.plan["passes"][0]["criterion"] == chosen.criterion
@@ -72,4 +73,4 @@ def test_search_never_returns_less_than_the_uniform_baseline():
                       channel_multiple=1, progress=False, seed=0)
     student = result.students[0]
     assert student.search_accuracy is not None and student.search_accuracy >= best.metrics.accuracy - 1e-9
-    assert result.report.evaluations >= 2  # the search's own plus the uniform baseline
+    assert result.report.evaluations >= 1 + len(CRITERIA)  # the search's own plus the uniform baselines
