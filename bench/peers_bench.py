@@ -666,7 +666,10 @@ def run(quick: bool, models: list[str], epochs: int, seed: int, targets: tuple[f
     name = result_name(models)
     plot(results, RESULTS / f"{name}.png")
 
-    text = header("onnxcompress vs Torch-Pruning vs uniform L1 at equal MACs (issue 8)", command)
+    title = "onnxcompress vs Torch-Pruning vs uniform L1 at equal MACs"
+    if name != "peers":
+        title += ": " + ", ".join(models)
+    text = header(title + " (issue 8)", command)
     text += (
         f"\nonnxcompress code: {_product_origin()}. Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
         f"whole run {(time.perf_counter() - t_start) / 60:.0f} min.\n\n"
