@@ -32,6 +32,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 METADATA_SCALE = "onnxcompress.scale"
 METADATA_MEAN = "onnxcompress.mean"
 METADATA_STD = "onnxcompress.std"
+METADATA_CHANNEL_ORDER = "onnxcompress.channel_order"  # "bgr" or "rgb"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,11 +133,15 @@ def _detect_layout(model: onnx.ModelProto, input_name: str, dims: Sequence[int |
 @dataclass(frozen=True)
 class Preprocess:
     """uint8 pixels become `x * scale`, then `(x - mean) / std` per channel (mean/std of length 1
-    or the channel count)."""
+    or the channel count, in the order the model reads its channels). `bgr`: the model reads
+    colour channels in BGR order (Caffe and OpenCV exports, e.g. the ONNX zoo's SqueezeNet 1.1),
+    so the RGB pixels of `.npz` files and image folders are reversed first; float arrays (already
+    preprocessed) are never touched."""
 
     scale: float = 1.0 / 255.0
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    bgr: bool = False
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.scale) or self.scale == 0:
@@ -150,8 +155,8 @@ class Preprocess:
 
     @classmethod
     def from_model(cls, model: onnx.ModelProto) -> Preprocess:
-        """Defaults (x/255), overridden by the model's metadata_props onnxcompress.scale/mean/std
-        (numbers separated by commas, brackets allowed)."""
+        """Defaults (x/255, RGB), overridden by the model's metadata_props onnxcompress.scale/mean/std
+        (numbers separated by commas, brackets allowed) and onnxcompress.channel_order (rgb, bgr)."""
         props = {p.key: p.value for p in model.metadata_props}
         default = cls()
         try:
@@ -160,7 +165,22 @@ class Preprocess:
             std = tuple(_parse_floats(props[METADATA_STD])) if METADATA_STD in props else default.std
         except ValueError as exc:
             raise ModelError(f"model metadata onnxcompress.scale/mean/std is not a list of numbers: {exc}") from None
-        return cls(scale=scale, mean=mean, std=std)
+        order = props.get(METADATA_CHANNEL_ORDER, "rgb").strip().lower()
+        if order not in ("rgb", "bgr"):
+            raise ModelError(f"model metadata {METADATA_CHANNEL_ORDER} is {order!r}; expected rgb or bgr")
+        return cls(scale=scale, mean=mean, std=std, bgr=order == "bgr")
+
+    def overridden(
+        self, scale: float | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+        bgr: bool | None = None,
+    ) -> Preprocess:
+        """This preprocessing with the given fields replaced (None keeps a field)."""
+        return Preprocess(
+            scale=self.scale if scale is None else float(scale),
+            mean=self.mean if mean is None else tuple(mean),
+            std=self.std if std is None else tuple(std),
+            bgr=self.bgr if bgr is None else bool(bgr),
+        )
 
     def per_channel(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
         """mean and std as float32 arrays of length `channels`."""
@@ -413,6 +433,10 @@ def _images_to_input(x: np.ndarray, spec: InputSpec, preprocess: Preprocess, pat
         )
     if c != spec.channels:
         raise DataError(f"{path}: images have {c} channel(s) but the model expects {spec.channels}")
+    if preprocess.bgr:
+        if c != 3:
+            raise DataError(f"{path}: BGR channel order needs 3-channel images, these have {c}; drop --bgr")
+        x = x[..., ::-1]
     mean, std = preprocess.per_channel(c)
     if spec.layout == "NCHW":
         x = x.transpose(0, 3, 1, 2)

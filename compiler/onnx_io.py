@@ -217,6 +217,17 @@ def _symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` itself when its input's batch dimension is symbolic, else a copy with a symbolic
+    batch (as in the canonical form; nothing else changes), so that it runs on any batch size:
+    exporters often fix it to 1 (the ONNX zoo's SqueezeNet 1.1)."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if not any(len(i.type.tensor_type.shape.dim) > 0 and i.type.tensor_type.shape.dim[0].HasField("dim_value") for i in inputs):
+        return model
+    return _symbolic_batch(onnx.ModelProto.FromString(model.SerializeToString()))
+
+
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return shape_inference.infer_shapes(model, data_prop=True)

@@ -582,11 +582,11 @@ def _say(progress: bool, text: str) -> None:
 
 
 def _preprocess_args(args, model: onnx.ModelProto) -> Preprocess:
-    base = Preprocess.from_model(model)
-    return Preprocess(
-        scale=base.scale if args.scale is None else args.scale,
-        mean=base.mean if args.mean is None else parse_float_list(args.mean, "--mean"),
-        std=base.std if args.std is None else parse_float_list(args.std, "--std"),
+    return Preprocess.from_model(model).overridden(
+        scale=args.scale,
+        mean=None if args.mean is None else parse_float_list(args.mean, "--mean"),
+        std=None if args.std is None else parse_float_list(args.std, "--std"),
+        bgr=args.bgr,
     )
 
 

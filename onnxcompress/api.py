@@ -14,7 +14,7 @@ import onnx
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, load_data
 from onnxcompress.compiler.inspection import inspect_model
-from onnxcompress.compiler.onnx_io import canonicalize, load_model
+from onnxcompress.compiler.onnx_io import canonicalize, dynamic_batch, load_model
 from onnxcompress.compiler.runtime import Latency, make_session, measure_latency, run_batched
 from onnxcompress.errors import DataError, ModelError
 from onnxcompress.passes import Plan, apply_plan
@@ -35,14 +35,12 @@ def inspect(model: PathLike) -> dict[str, Any]:
     return doc
 
 
-def preprocess_for(model: onnx.ModelProto, scale: float | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Preprocess:
-    """The model's preprocessing (its metadata, else x/255) with explicit overrides."""
-    base = Preprocess.from_model(model)
-    return Preprocess(
-        scale=base.scale if scale is None else float(scale),
-        mean=base.mean if mean is None else tuple(mean),
-        std=base.std if std is None else tuple(std),
-    )
+def preprocess_for(
+    model: onnx.ModelProto, scale: float | None = None, mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None, bgr: bool | None = None,
+) -> Preprocess:
+    """The model's preprocessing (its metadata, else x/255 in RGB order) with explicit overrides."""
+    return Preprocess.from_model(model).overridden(scale, mean, std, bgr)
 
 
 def num_classes(model: onnx.ModelProto) -> int | None:
@@ -105,8 +103,9 @@ class Evaluation:
 
 
 def predict(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """Class scores for preprocessed inputs, (N, classes)."""
-    out = run_batched(make_session(model), x)
+    """Class scores for preprocessed inputs, (N, classes); a model exported with a fixed batch
+    size runs with a symbolic one."""
+    out = run_batched(make_session(dynamic_batch(model)), x)
     return out.reshape(out.shape[0], -1)
 
 
@@ -138,7 +137,8 @@ def evaluate(
     # graph, whose DequantizeLinear weights constant folding would widen back to float
     quantized = any(n.op_type == "DequantizeLinear" for n in m.graph.node)
     cost = model_cost(m if quantized else canonicalize(m))
-    return Evaluation(accuracy, agreement, len(ds), cost.macs, cost.params, m.ByteSize(), measure_latency(m, ds.x[:32]))
+    latency = measure_latency(dynamic_batch(m), ds.x[:32])
+    return Evaluation(accuracy, agreement, len(ds), cost.macs, cost.params, m.ByteSize(), latency)
 
 
 def finetune(

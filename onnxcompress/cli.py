@@ -33,8 +33,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_preprocess(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("preprocessing of uint8 images: x*scale, then (x-mean)/std (default: model metadata, else x/255)")
     g.add_argument("--scale", type=float, default=None)
-    g.add_argument("--mean", default=None, help="a,b,c")
-    g.add_argument("--std", default=None, help="a,b,c")
+    g.add_argument("--mean", default=None, help="a,b,c (in the model's channel order)")
+    g.add_argument("--std", default=None, help="a,b,c (in the model's channel order)")
+    g.add_argument("--bgr", action="store_const", const=True, default=None,
+                   help="the model reads BGR (Caffe/OpenCV exports): reverse the RGB images' channels first")
 
 
 def _add_compress_options(p: argparse.ArgumentParser) -> None:
@@ -156,6 +158,7 @@ def _preprocess_from(args, model):
         scale=args.scale,
         mean=parse_float_list(args.mean, "--mean") if args.mean else None,
         std=parse_float_list(args.std, "--std") if args.std else None,
+        bgr=args.bgr,
     )
 
 

@@ -155,6 +155,41 @@ def test_apply_and_eval(files, tmp_path):
     assert 0 <= doc["accuracy"] <= 1 and 0 <= doc["agreement"] <= 1 and doc["latency_ms"]["batch32"] > 0
 
 
+def test_eval_runs_a_model_exported_with_a_fixed_batch(files, tmp_path):
+    """Exporters often fix the batch to 1 (the ONNX zoo's SqueezeNet): eval still runs the data
+    in batches and times batch 32, and the file is not touched."""
+    fixed = resnet_like()
+    for vi in list(fixed.graph.input[:1]) + list(fixed.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_value = 1
+    path = tmp_path / "fixed.onnx"
+    path.write_bytes(fixed.SerializeToString())
+    before = sha(path)
+    r = cli("eval", str(path), "--data", str(files / "data.npz"), "--teacher", str(files / "model.onnx"), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["samples"] == 40 and doc["agreement"] == 1.0 and doc["latency_ms"]["batch32"] > 0
+    assert sha(path) == before
+
+
+def test_bgr_flag_reverses_the_channels(files, tmp_path):
+    """A classifier whose class is its brightest input channel, labelled on RGB images: the same
+    images stored BGR score 100 % with --bgr (eval turns them back) and less without."""
+    g = GraphBuilder()
+    eye = np.eye(3, dtype=np.float32)
+    c = g.node("Conv", ["x", g.const(eye.reshape(3, 3, 1, 1))], kernel_shape=[1, 1])
+    flat = g.node("Flatten", [g.node("GlobalAveragePool", [c])], axis=1)
+    model = tmp_path / "brightest.onnx"
+    model.write_bytes(g.build(g.node("Gemm", [flat, g.const(eye)], transB=1)).SerializeToString())
+    x = np.load(files / "data.npz")["x"]
+    labels = x.reshape(len(x), -1, 3).mean(1).argmax(1)
+    np.savez(tmp_path / "bgr.npz", x=np.ascontiguousarray(x[..., ::-1]), y=labels)
+    with_flag = cli("eval", str(model), "--data", str(tmp_path / "bgr.npz"), "--bgr", "--json")
+    assert with_flag.returncode == 0, with_flag.stderr
+    assert json.loads(with_flag.stdout)["accuracy"] == 1.0
+    without = json.loads(cli("eval", str(model), "--data", str(tmp_path / "bgr.npz"), "--json").stdout)
+    assert without["accuracy"] < 0.9
+
+
 def test_unknown_custom_op_is_inspected_not_fatal(tmp_path):
     g = GraphBuilder()
     x = g.relu(g.conv("x", 3, 8))

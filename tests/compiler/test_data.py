@@ -93,6 +93,19 @@ def test_preprocess_defaults_and_metadata() -> None:
         Preprocess(std=(1.0, 0.0, 1.0))
 
 
+def test_channel_order_metadata_and_overrides() -> None:
+    model = tiny_cnn(channels=3)
+    assert not Preprocess.from_model(model).bgr
+    onnx.helper.set_model_props(model, {"onnxcompress.channel_order": "BGR", "onnxcompress.scale": "1"})
+    base = Preprocess.from_model(model)
+    assert base == Preprocess(scale=1.0, bgr=True)
+    assert base.overridden(mean=(104, 117, 123)) == Preprocess(scale=1.0, mean=(104.0, 117.0, 123.0), bgr=True)
+    assert base.overridden(bgr=False, scale=0.5) == Preprocess(scale=0.5)
+    onnx.helper.set_model_props(model, {"onnxcompress.channel_order": "grb"})
+    with pytest.raises(ModelError, match="channel_order"):
+        Preprocess.from_model(model)
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading .npz
 # ---------------------------------------------------------------------------------------------
@@ -111,6 +124,21 @@ def test_uint8_nhwc_to_nchw_with_preprocessing(tmp_path: Path) -> None:
     assert ds.y is not None and ds.y.dtype == np.int64
     nhwc = load_data(path, spec("NHWC"), Preprocess(scale=1.0))
     np.testing.assert_array_equal(nhwc.x, x.astype(np.float32))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_bgr_reverses_the_channels_before_mean_and_std(tmp_path: Path, layout: str) -> None:
+    x = np.random.default_rng(1).integers(0, 256, (5, 4, 5, 3), dtype=np.uint8)
+    path = write_npz(tmp_path / "d.npz", x=x)
+    mean, std = (104.0, 117.0, 123.0), (2.0, 4.0, 8.0)  # in the model's (BGR) order
+    ds = load_data(path, spec(layout), Preprocess(scale=1.0, mean=mean, std=std, bgr=True))
+    bgr = (x[..., ::-1].astype(np.float32) - np.array(mean, np.float32)) / np.array(std, np.float32)
+    np.testing.assert_allclose(ds.x, bgr.transpose(0, 3, 1, 2) if layout == "NCHW" else bgr, rtol=1e-6)
+    floats = np.random.default_rng(2).normal(size=(2, 3, 4, 5)).astype(np.float32)  # already preprocessed
+    np.testing.assert_array_equal(load_data(write_npz(tmp_path / "f.npz", x=floats), spec(), Preprocess(bgr=True)).x, floats)
+    with pytest.raises(DataError, match="BGR") as exc:
+        load_data(write_npz(tmp_path / "g.npz", x=x[..., 0]), spec(c=1), Preprocess(bgr=True))
+    assert "\n" not in str(exc.value)
 
 
 def test_grey_images_for_one_channel_model(tmp_path: Path) -> None:
@@ -148,6 +176,18 @@ def test_real_cifar_matches_reference_inputs() -> None:
                    num_classes=10)
     np.testing.assert_array_equal(ds.x, ref["input"])
     assert ds.y is not None and ds.y.tolist() == ref["label"].tolist()
+
+
+def test_real_imagenet_bgr_caffe_preprocessing_matches_reference_inputs() -> None:
+    """The ONNX zoo's SqueezeNet 1.1 reads BGR minus the Caffe means (SOURCES.md); its reference
+    inputs were made from the RGB samples that way."""
+    model = onnx.load(str(realdata_path("models", "imagenet_squeezenet1.1_fp32_from_winml_fp16.onnx")))
+    ref = np.load(realdata_path("models", "imagenet_squeezenet1.1_fp32_from_winml_fp16.ref_io.npz"))
+    pre = Preprocess(scale=1.0, mean=(104.0, 117.0, 123.0), bgr=True)
+    ds = load_data(realdata_path("data", "imagenet_samples20_224.npz"), InputSpec.from_model(model), pre, limit=len(ref["input"]))
+    np.testing.assert_array_equal(ds.x, ref["input"])
+    rgb = load_data(realdata_path("data", "imagenet_samples20_224.npz"), InputSpec.from_model(model), Preprocess(scale=1.0, mean=(104.0, 117.0, 123.0)), limit=1)
+    assert not np.array_equal(rgb.x, ref["input"][:1])
 
 
 # ---------------------------------------------------------------------------------------------
