@@ -252,6 +252,9 @@ def compress(
         raise UsageError(f"--classes {max(config.classes)} is out of range: the model has {n_classes} classes (0..{n_classes - 1})")
     job = prepare_data(teacher, data, val_data, preprocess, config.classes, config.val_size, config.calib_size, config.seed)
     _say(progress, f"teacher: {model_name}; data: {len(job.train)} train / {len(job.val)} validation samples")
+    note = small_validation_note(len(job.val), config.max_drop)
+    if note:
+        _say(progress, note)
 
     # the search base: the teacher, specialised to the classes when asked
     prefix = Plan()
@@ -569,6 +572,17 @@ def _quantize_for_size(student: onnx.ModelProto, target: Target, teacher: ModelM
         if q.ByteSize() <= target.size * teacher.size_bytes:
             return q, plan
     return q, plan
+
+
+def small_validation_note(samples: int, max_drop: float) -> str | None:
+    """A warning when one validation image moves the accuracy by more than the accuracy budget:
+    then the budget cannot be judged (4 images: 25 points per image)."""
+    step = 100.0 / max(samples, 1)
+    if step <= max_drop:
+        return None
+    return (f"note: each of the {samples} validation samples is {step:.2g} accuracy points, more than the "
+            f"--max-drop budget of {max_drop:g}; accuracies and the budget check are that coarse "
+            f"(give more --data or a --val-data set)")
 
 
 def _say(progress: bool, text: str) -> None:

@@ -11,6 +11,15 @@ def test_accuracy_drop_equal_to_the_budget_meets_it():
     assert accuracy_drop(0.5, 0.6) == -10.0
 
 
+def test_small_validation_sets_are_flagged():
+    from onnxcompress.compiler.pipeline import small_validation_note
+
+    assert small_validation_note(1000, 1.0) is None and small_validation_note(100, 1.0) is None
+    note = small_validation_note(4, 1.0)
+    assert note is not None and "25 accuracy points" in note and "\n" not in note
+    assert small_validation_note(50, 1.0) is not None and small_validation_note(50, 2.0) is None
+
+
 def test_agents_that_remove_units_also_get_structure_families(tmp_path):
     """N2N's REINFORCE decides removals itself, but judged without fine-tuning it learns to keep
     every unit; compress therefore runs it on the structure families too (a block removed first,
