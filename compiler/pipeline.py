@@ -252,6 +252,9 @@ def compress(
         raise UsageError(f"--classes {max(config.classes)} is out of range: the model has {n_classes} classes (0..{n_classes - 1})")
     job = prepare_data(teacher, data, val_data, preprocess, config.classes, config.val_size, config.calib_size, config.seed)
     _say(progress, f"teacher: {model_name}; data: {len(job.train)} train / {len(job.val)} validation samples")
+    if job.val.y is None:
+        _say(progress, "note: the data has no labels: top-1 below is agreement with the teacher's predictions "
+                       "(the teacher's own is 100 % by definition)")
     note = small_validation_note(len(job.val), config.max_drop)
     if note:
         _say(progress, note)

@@ -129,3 +129,16 @@ def test_size_target_quantizes_after_finetuning(job):
     assert steps == ["quantize"], doc["plan"]
     assert doc["student"]["size_bytes"] <= 0.3 * doc["teacher"]["size_bytes"]
     assert any(n.op_type == "DequantizeLinear" for n in onnx.load(str(out)).graph.node)
+
+
+def test_unlabelled_data_measures_agreement_and_says_so(job, tmp_path):
+    """Without labels the accuracies are agreement with the teacher (DESIGN.md); the run says so
+    instead of printing a 100 % teacher top-1 unexplained."""
+    np.savez(tmp_path / "nolabels.npz", x=np.load(job / "train.npz")["x"])
+    out, rep = tmp_path / "s.onnx", tmp_path / "r.json"
+    r = cli(str(job / "teacher.onnx"), "--data", str(tmp_path / "nolabels.npz"), "--target", "macs=0.5", "--agent", "uniform",
+            "--episodes", "1", "--finetune-epochs", "0", "--families", "1", "-o", str(out), "--report", str(rep))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "no labels" in r.stderr and "agreement" in r.stderr
+    doc = json.loads(rep.read_text())
+    assert doc["teacher"]["accuracy"] == 1.0 and 0 <= doc["student"]["accuracy"] <= 1
