@@ -84,11 +84,43 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return m
 
 
+def prefix_model(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` whose outputs are exactly the named tensors, without the nodes they do
+    not depend on: onnxruntime runs every node of a graph, so a model cut after the last tensor
+    wanted saves the rest of the network (the layer-by-layer refits read early tensors)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    needed, stack, keep = set(names), list(names), set()
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or id(node) in keep:
+            continue
+        keep.add(id(node))
+        for t in node.input:
+            if t and t not in needed:
+                needed.add(t)
+                stack.append(t)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.node[:]
+    m.graph.node.extend(n for n in model.graph.node if id(n) in keep)
+    del m.graph.output[:]
+    m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    inits = [i for i in model.graph.initializer if i.name in needed]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(inits)
+    return m
+
+
 def intermediate_outputs(model: onnx.ModelProto, x: np.ndarray, names: list[str], batch_size: int = 128) -> dict[str, np.ndarray]:
-    """Values of the named tensors for inputs `x`, computed by onnxruntime."""
+    """Values of the named tensors for inputs `x`, computed by onnxruntime (on the part of the
+    network they depend on)."""
     if not names:
         return {}
-    session = make_session(with_outputs(model, names), optimize=False)
+    # optimized (fused, NCHWc) kernels: 1.6x faster refits of a MobileNetV2 than the plain ones;
+    # onnxruntime never fuses away a graph output. A QDQ graph runs unoptimized, so that the
+    # tensors asked for keep their float (DQ -> op -> Q) values instead of integer-kernel ones.
+    quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+    session = make_session(prefix_model(model, names), optimize=not quantized)
     in_name = session.get_inputs()[0].name
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for i in range(0, len(x), batch_size):

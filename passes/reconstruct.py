@@ -95,6 +95,7 @@ def refit(
     output, computed from the rewritten network's input, matches the teacher's output of the same
     tensor on the calibration inputs `x`. `outputs[name]`: which of the teacher's output channels
     the layer still produces (all when absent)."""
+    layers = [n for n in layers if _fittable(n)]
     if not layers:
         return graph
     outputs = outputs or {}
@@ -107,26 +108,22 @@ def refit(
         rows_wanted = _rows_for(features)
         positions = int(np.prod(y_all.shape[2:])) if node.op == "Conv" else 1
         n_img = _images_for(positions, rows_wanted, len(x))
+        # the expensive part (export the rewritten network, run it up to this layer's input)
+        # only for layers that will be fitted
         student = export_graph(graph.copy(), infer=True)
         xin = intermediate_outputs(student, x[:n_img], [node.inputs[0].name])[node.inputs[0].name]
         y = y_all[:n_img]
         if node.op == "Conv":
-            if int(node.attrs.get("group", 1)) != 1:
-                continue
             sampled = _conv_patches(xin, node, w.shape, rng, rows_wanted)
             if sampled is None:
                 continue
             rows, where = sampled
             out_idx = outputs.get(node.name, np.arange(y.shape[1]))
             yt = y[where[:, 0], :, where[:, 1], where[:, 2]][:, out_idx]
-        elif node.op in ("Gemm", "MatMul"):
-            if node.op == "Gemm" and (float(node.attrs.get("alpha", 1.0)) != 1.0 or float(node.attrs.get("beta", 1.0)) != 1.0):
-                continue
+        else:
             rows = xin.reshape(-1, xin.shape[-1])
             out_idx = outputs.get(node.name, np.arange(y.shape[-1]))
             yt = y.reshape(-1, y.shape[-1])[:, out_idx]
-        else:
-            continue
         if rows.shape[0] > rows_wanted:  # fully connected layers: one row per image
             pick = rng.choice(rows.shape[0], rows_wanted, replace=False)
             rows, yt = rows[pick], yt[pick]
@@ -142,6 +139,17 @@ def refit(
             node.inputs[1].values = np.ascontiguousarray(weight.T)
         _set_bias(graph, node, bias)
     return graph
+
+
+def _fittable(node: gs.Node) -> bool:
+    """Layers `refit` can solve for: Conv with group 1 and explicit pads, Gemm with alpha = beta =
+    1, MatMul (a depthwise or grouped conv keeps its weights: each output sees one input group)."""
+    if node.op == "Conv":
+        return int(node.attrs.get("group", 1)) == 1 and node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET") \
+            and len(node.inputs[1].values.shape) == 4
+    if node.op == "Gemm":
+        return float(node.attrs.get("alpha", 1.0)) == 1.0 and float(node.attrs.get("beta", 1.0)) == 1.0
+    return node.op == "MatMul"
 
 
 # ops a refit looks through from a rewired tensor to the layers that read it: they change

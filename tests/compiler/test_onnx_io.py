@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxcompress.compiler.onnx_io import canonicalize, load_model, save_model_atomic
+from onnxcompress.compiler.onnx_io import canonicalize, dynamic_batch, load_model, save_model_atomic
 from onnxcompress.compiler.runtime import make_session
 from onnxcompress.errors import ModelError
 from tests.builders import GraphBuilder, resnet_like
@@ -70,6 +70,19 @@ def test_fixed_batch_becomes_symbolic():
     assert c.graph.input[0].type.tensor_type.shape.dim[0].dim_param
     x = np.random.default_rng(3).standard_normal((5, 3, 8, 8)).astype(np.float32)
     assert _run(c, x).shape == (5, 256)
+
+
+def test_dynamic_batch_copies_only_fixed_batch_models():
+    fixed = resnet_like()
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    before = fixed.SerializeToString()
+    d = dynamic_batch(fixed)
+    assert fixed.SerializeToString() == before  # the caller's model is untouched
+    assert d.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    x = np.random.default_rng(4).standard_normal((6, 3, 8, 8)).astype(np.float32)
+    _close(_run(d, x), _run(resnet_like(), x), rel=1e-6)
+    dyn = resnet_like()
+    assert dynamic_batch(dyn) is dyn
 
 
 def test_old_opset_upgraded():
