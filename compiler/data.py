@@ -170,6 +170,25 @@ class Preprocess:
             raise ModelError(f"model metadata {METADATA_CHANNEL_ORDER} is {order!r}; expected rgb or bgr")
         return cls(scale=scale, mean=mean, std=std, bgr=order == "bgr")
 
+    def stamp(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """A copy of `model` that records this preprocessing in its metadata_props (what
+        `from_model` reads), so that a student written with non-default --scale/--mean/--std/--bgr
+        is later evaluated, fine-tuned or compressed again with the same inputs."""
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        values = {
+            METADATA_SCALE: repr(float(self.scale)),
+            METADATA_MEAN: ",".join(repr(float(v)) for v in self.mean),
+            METADATA_STD: ",".join(repr(float(v)) for v in self.std),
+            METADATA_CHANNEL_ORDER: "bgr" if self.bgr else "rgb",
+        }
+        kept = [p for p in out.metadata_props if p.key not in values]
+        del out.metadata_props[:]
+        out.metadata_props.extend(kept)
+        for key, value in values.items():
+            out.metadata_props.add(key=key, value=value)
+        return out
+
     def overridden(
         self, scale: float | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
         bgr: bool | None = None,

@@ -298,6 +298,7 @@ def compress(
         if not plan_is_empty(quantization):
             student = apply_plan(student, quantization, calibration=job.calibration, seed=config.seed)
             final_plan = final_plan.then(quantization)
+        student = preprocess.stamp(student)  # the student remembers the inputs it was built for
         if tgt.size is not None and student.ByteSize() > tgt.size * teacher_metrics.size_bytes:
             student, quant_plan = _quantize_for_size(student, tgt, teacher_metrics, job, config)
             final_plan = final_plan.then(quant_plan)
@@ -701,7 +702,7 @@ def finetune_command(args) -> int:
     with interruptible():
         tuned, result = finetune(student, teacher, train, val, config, checkpoint_dir=ckpt, progress=not args.quiet)
     with uninterruptible():
-        save_model_atomic(tuned, out)
+        save_model_atomic(preprocess.stamp(tuned), out)
         import shutil
 
         shutil.rmtree(ckpt, ignore_errors=True)

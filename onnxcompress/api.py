@@ -70,14 +70,16 @@ def apply(
     calib_size: int = 256,
     seed: int = 0,
 ) -> onnx.ModelProto:
-    """Replays a plan on a model; `data` supplies calibration images for data-driven passes."""
+    """Replays a plan on a model; `data` supplies calibration images for data-driven passes. The
+    result records the preprocessing (given, else the model's) in its metadata."""
     canonical = load(model)
     if not isinstance(plan, Plan):
         plan = Plan.from_json(plan) if isinstance(plan, (dict, list)) else Plan.load(plan)
+    preprocess = preprocess or Preprocess.from_model(canonical)
     calibration = None
     if data is not None:
         calibration = read_data(data, canonical, preprocess, limit=calib_size).x
-    return apply_plan(canonical, plan, calibration=calibration, seed=seed)
+    return preprocess.stamp(apply_plan(canonical, plan, calibration=calibration, seed=seed))
 
 
 @dataclass(frozen=True)

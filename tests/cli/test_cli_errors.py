@@ -188,6 +188,15 @@ def test_bgr_flag_reverses_the_channels(files, tmp_path):
     assert json.loads(with_flag.stdout)["accuracy"] == 1.0
     without = json.loads(cli("eval", str(model), "--data", str(tmp_path / "bgr.npz"), "--json").stdout)
     assert without["accuracy"] < 0.9
+    # a model written by apply remembers the preprocessing it was given: eval needs no flags
+    (tmp_path / "empty.json").write_text('{"passes": []}')
+    out = tmp_path / "applied.onnx"
+    r = cli("apply", str(model), str(tmp_path / "empty.json"), "-o", str(out), "--bgr", "--scale", "0.5")
+    assert r.returncode == 0, r.stderr
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert props["onnxcompress.channel_order"] == "bgr" and float(props["onnxcompress.scale"]) == 0.5
+    again = cli("eval", str(out), "--data", str(tmp_path / "bgr.npz"), "--json")
+    assert json.loads(again.stdout)["accuracy"] == 1.0
 
 
 def test_unknown_custom_op_is_inspected_not_fatal(tmp_path):

@@ -137,8 +137,12 @@ def test_unlabelled_data_measures_agreement_and_says_so(job, tmp_path):
     np.savez(tmp_path / "nolabels.npz", x=np.load(job / "train.npz")["x"])
     out, rep = tmp_path / "s.onnx", tmp_path / "r.json"
     r = cli(str(job / "teacher.onnx"), "--data", str(tmp_path / "nolabels.npz"), "--target", "macs=0.5", "--agent", "uniform",
-            "--episodes", "1", "--finetune-epochs", "0", "--families", "1", "-o", str(out), "--report", str(rep))
+            "--episodes", "1", "--finetune-epochs", "0", "--families", "1", "-o", str(out), "--report", str(rep),
+            "--scale", "0.0078125", "--mean", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "no labels" in r.stderr and "agreement" in r.stderr
+    # the student records the preprocessing it was built with (eval/finetune use it by default)
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert float(props["onnxcompress.scale"]) == 0.0078125 and props["onnxcompress.mean"] == "1.0"
     doc = json.loads(rep.read_text())
     assert doc["teacher"]["accuracy"] == 1.0 and 0 <= doc["student"]["accuracy"] <= 1

@@ -141,6 +141,17 @@ def test_bgr_reverses_the_channels_before_mean_and_std(tmp_path: Path, layout: s
     assert "\n" not in str(exc.value)
 
 
+def test_stamp_records_the_preprocessing_in_a_copy() -> None:
+    model = tiny_cnn(channels=3)
+    onnx.helper.set_model_props(model, {"author": "someone", "onnxcompress.scale": "1"})
+    pre = Preprocess(scale=1 / 127.5, mean=(1.0,), std=(0.229, 0.224, 0.225), bgr=True)
+    stamped = pre.stamp(model)
+    assert Preprocess.from_model(stamped) == pre
+    props = {p.key: p.value for p in stamped.metadata_props}
+    assert props["author"] == "someone" and len(stamped.metadata_props) == 5  # replaced, not duplicated
+    assert Preprocess.from_model(model) == Preprocess(scale=1.0)  # the input is untouched
+
+
 def test_grey_images_for_one_channel_model(tmp_path: Path) -> None:
     x = np.full((3, 4, 5), 255, np.uint8)
     ds = load_data(write_npz(tmp_path / "g.npz", x=x), spec("NCHW", c=1), Preprocess())
