@@ -170,7 +170,14 @@ NOTES = """### What the numbers say, and why
   27-long im2col rows do not fill the int8 kernel's 4-byte groups). Tried and measured, not kept:
   padding the input to 4 channels makes that convolution 30 % faster but the Pad node costs more than it
   saves (0.35 ms); keeping the first convolution in fp32 adds a layout change and a QuantizeLinear
-  (0.651x end to end vs 0.635x).
+  (0.651x end to end vs 0.635x). Measured again on a quiet machine (2026-12-03, paired, 15 rounds):
+  all-int8 0.624x, first convolution fp32 0.604x (its fp32 kernel is 0.29 ms, but a ReorderOutput, a
+  QuantizeLinear on its 16-channel output and three transposes add 0.38 ms), input padded to 4
+  channels 0.634x (the fp32 Pad on the NHWC input alone is 0.33 ms: onnxruntime pads the 3-element
+  innermost rows one by one), a 1x1 identity int8 convolution widening 3 to 4 channels instead of
+  the Pad 0.602x (that 1x1 convolution is 0.23 ms: K=3 misses the symmetric VNNI kernel too, and the
+  4-channel 3x3 convolution it feeds is still 0.51 ms). None reaches 0.60x by a margin larger than
+  the run-to-run spread, so the pass keeps the plain form.
 - **Accuracy and faithfulness.** Our int8 stays at fp32's top-1 and agrees with the fp32 model on more
   test images than any other int8 variant (`agrees with fp32`): it is the most faithful quantizer here.
   Top-1 differences between the quantize_static settings and ours are a handful of the 10,000 images (a
