@@ -13,13 +13,15 @@ numpy gathers sampled convolution patches and solves the normal equations.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler.ir import Analysis
 from onnxcompress.compiler.onnx_io import export_graph
-from onnxcompress.compiler.runtime import intermediate_outputs
+from onnxcompress.compiler.runtime import intermediate_outputs, starts_of
 
 MAX_ROWS = 12000  # sampled rows (positions x images) per layer, at most
 ROWS_PER_UNKNOWN = 10  # with the ridge term, ten rows per unknown weight fit well
@@ -101,17 +103,27 @@ def refit(
     outputs = outputs or {}
     rng = np.random.default_rng(seed)
     targets = intermediate_outputs(teacher, x, [n.outputs[0].name for n in layers])
-    for node in layers:
+    counts = [_images_for(int(np.prod(targets[n.outputs[0].name].shape[2:])) if n.op == "Conv" else 1,
+                          _rows_for(_features(n)), len(x)) for n in layers]
+    sources = _sources(export_graph(graph.copy(), infer=True), layers, counts)
+    cache: dict[str, np.ndarray] = {}  # inputs of the layers fitted so far, on sources.images[name] samples
+    for k, node in enumerate(layers):
         w = node.inputs[1].values
         y_all = targets[node.outputs[0].name]
-        features = int(np.prod(w.shape[1:])) if node.op == "Conv" else int(w.shape[1] if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else w.shape[0])
-        rows_wanted = _rows_for(features)
-        positions = int(np.prod(y_all.shape[2:])) if node.op == "Conv" else 1
-        n_img = _images_for(positions, rows_wanted, len(x))
-        # the expensive part (export the rewritten network, run it up to this layer's input)
-        # only for layers that will be fitted
-        student = export_graph(graph.copy(), infer=True)
-        xin = intermediate_outputs(student, x[:n_img], [node.inputs[0].name])[node.inputs[0].name]
+        rows_wanted = _rows_for(_features(node))
+        n_img = counts[k]
+        name = node.inputs[0].name
+        if name not in cache:
+            # run the rewritten network from the inputs of the layers fitted before this one (a fit
+            # changes its own layer's output and what follows, never what came before), over the
+            # few nodes in between, on as many samples as this input's later readers need
+            student = export_graph(graph.copy(), infer=True)
+            n_run = sources.images[name]
+            given = {t: cache[t][:n_run] for t in sources.starts[k]}
+            cache[name] = intermediate_outputs(student, x[:n_run], [name], given=given)[name]
+        xin = cache[name][:n_img]
+        for t in [t for t, last in sources.last_use.items() if last == k]:
+            cache.pop(t, None)
         y = y_all[:n_img]
         if node.op == "Conv":
             sampled = _conv_patches(xin, node, w.shape, rng, rows_wanted)
@@ -139,6 +151,43 @@ def refit(
             node.inputs[1].values = np.ascontiguousarray(weight.T)
         _set_bias(graph, node, bias)
     return graph
+
+
+def _features(node: gs.Node) -> int:
+    """Unknowns per output of a layer's least-squares fit (without the bias)."""
+    w = node.inputs[1].values
+    if node.op == "Conv":
+        return int(np.prod(w.shape[1:]))
+    return int(w.shape[1] if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else w.shape[0])
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """How `refit` computes each layer's input: `starts[k]`, the inputs of earlier layers it is
+    computed from (cached); `images[t]`, on how many samples input t is computed (the most any of
+    its readers needs); `last_use[t]`, the last layer whose computation reads t."""
+
+    starts: list[set[str]]
+    images: dict[str, int]
+    last_use: dict[str, int]
+
+
+def _sources(model: onnx.ModelProto, layers: list[gs.Node], counts: list[int]) -> _Sources:
+    names = [n.inputs[0].name for n in layers]
+    starts: list[set[str]] = []
+    for k, name in enumerate(names):
+        earlier = set(names[:k]) - {name}
+        starts.append(starts_of(model, [name], earlier) & earlier if name not in names[:k] else set())
+    images: dict[str, int] = {}
+    last_use: dict[str, int] = {}
+    for k in reversed(range(len(layers))):  # readers come after what they read
+        name = names[k]
+        images[name] = max(images.get(name, 0), counts[k])
+        last_use.setdefault(name, k)
+        for t in starts[k]:
+            images[t] = max(images.get(t, 0), images[name])
+            last_use[t] = max(last_use.get(t, k), k)
+    return _Sources(starts, images, last_use)
 
 
 def _fittable(node: gs.Node) -> bool:

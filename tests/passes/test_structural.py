@@ -89,6 +89,34 @@ def test_reconstruction_reduces_error():
     assert np.abs(run(fitted) - ref).mean() < 0.8 * np.abs(run(plain) - ref).mean()
 
 
+@pytest.mark.parametrize("make", [resnet_like, fire_like, mobilenet_like])
+def test_refit_from_cached_layer_inputs_equals_refit_from_the_network_input(make, monkeypatch):
+    """The refit computes each layer's input from the (cached) inputs of the layers fitted before
+    it instead of from the network input: same weights, across residual adds, concats and
+    depthwise layers."""
+    import onnxcompress.passes.reconstruct as rec
+
+    c = canonicalize(make())
+    calib = np.random.default_rng(2).standard_normal((300, 3, 8, 8)).astype(np.float32)
+    step = plan({"pass": "prune_channels", "ratio": 0.5, "reconstruct": True})
+    cached = apply_plan(c, step, calibration=calib)
+    fitted_layers = []
+
+    def from_input(model, layers, counts):  # the plain way: every input from the network input
+        fitted_layers.extend(n.name for n in layers)
+        names = [n.inputs[0].name for n in layers]
+        return rec._Sources([set() for _ in layers], {n: max(k for m, k in zip(names, counts) if m == n) for n in names},
+                            {n: max(i for i, m in enumerate(names) if m == n) for n in names})
+
+    monkeypatch.setattr(rec, "_sources", from_input)
+    plain = apply_plan(c, step, calibration=calib)
+    assert len(fitted_layers) >= 2
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in plain.graph.initializer}
+    for init in cached.graph.initializer:
+        w = onnx.numpy_helper.to_array(init)
+        np.testing.assert_allclose(w, weights[init.name], rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(w).max())))
+
+
 def test_removal_refit_reduces_error_and_keeps_the_architecture():
     c = canonicalize(resnet_like(width=16, blocks=2))
     calib = np.random.default_rng(1).standard_normal((64, 3, 8, 8)).astype(np.float32)
