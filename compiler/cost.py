@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxcompress.compiler.onnx_io import is_quantized
 from onnxcompress.compiler.ops import ChannelLayout, const
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,7 +111,7 @@ def model_params(model: onnx.ModelProto) -> int:
 def model_cost(model: onnx.ModelProto, graph: gs.Graph | None = None) -> ModelCost:
     g = graph if graph is not None else gs.import_onnx(model)
     macs = graph_macs(g)
-    if any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+    if is_quantized(model):
         macs = _quantized_macs(g)
     return ModelCost(macs=macs, params=model_params(model), size_bytes=model.ByteSize())
 

@@ -217,6 +217,12 @@ def _symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def is_quantized(model: onnx.ModelProto) -> bool:
+    """True for a QDQ graph (what the quantize pass writes): its DequantizeLinear weights must not
+    be constant-folded back to float, nor its values read from onnxruntime's fused integer kernels."""
+    return any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+
+
 def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` itself when its input's batch dimension is symbolic, else a copy with a symbolic
     batch (as in the canonical form; nothing else changes), so that it runs on any batch size:

@@ -22,12 +22,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import onnx
 
-from onnxcompress.compiler.config import CompressConfig, Target, parse_float_list, parse_int_list
+from onnxcompress.compiler.config import CompressConfig, Target, parse_int_list
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, load_data
 from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.kd import KDConfig
-from onnxcompress.compiler.onnx_io import canonicalize, import_graph, load_model, save_model_atomic
+from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, load_model, save_model_atomic
 from onnxcompress.compiler.report import ModelMetrics, RunReport, StudentReport, summary_table, write_report
 from onnxcompress.compiler.runtime import Latency, compare_latency, make_session, measure_latency, run_batched
 from onnxcompress.compiler.trainer import FinetuneConfig, finetune
@@ -107,9 +107,7 @@ def measure(model: onnx.ModelProto, data: Dataset, reference: np.ndarray | None 
 
 def _layer_channels(teacher: onnx.ModelProto, student: onnx.ModelProto) -> dict[str, tuple[int, int]]:
     t = {l.name: l.out_channels for l in analyze(import_graph(teacher)).layers}
-    s = {l.name: l.out_channels for l in analyze(import_graph(student)).layers} if not any(
-        n.op_type == "DequantizeLinear" for n in student.graph.node
-    ) else {}
+    s = {l.name: l.out_channels for l in analyze(import_graph(student)).layers} if not is_quantized(student) else {}
     if not s:
         return {}
     return {name: (c, s.get(name, 0)) for name, c in t.items()}
@@ -600,12 +598,9 @@ def _say(progress: bool, text: str) -> None:
 
 
 def _preprocess_args(args, model: onnx.ModelProto) -> Preprocess:
-    return Preprocess.from_model(model).overridden(
-        scale=args.scale,
-        mean=None if args.mean is None else parse_float_list(args.mean, "--mean"),
-        std=None if args.std is None else parse_float_list(args.std, "--std"),
-        bgr=args.bgr,
-    )
+    from onnxcompress.cli import preprocess_from_args
+
+    return preprocess_from_args(args, model)
 
 
 def _outputs_for(args, model_path: Path, n_targets: int) -> list[Path]:

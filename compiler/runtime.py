@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxcompress.compiler.onnx_io import is_quantized
+
 
 def make_session(model: onnx.ModelProto | bytes, threads: int = 1, optimize: bool = True) -> ort.InferenceSession:
     """An onnxruntime CPU session for an in-memory model."""
@@ -104,10 +106,9 @@ def _walk_back(model: onnx.ModelProto, names: Sequence[str], given: Collection[s
 
 
 def starts_of(model: onnx.ModelProto, names: Sequence[str], given: Collection[str]) -> set[str]:
-    """The `given` tensors (and graph inputs) that computing `names` from them reads."""
+    """The `given` tensors that computing `names` reads (the rest comes from the model's input)."""
     _, needed = _walk_back(model, names, given)
-    inputs = {i.name for i in model.graph.input}
-    return {t for t in needed if t in given or t in inputs}
+    return {t for t in needed if t in given and t not in names}
 
 
 def prefix_model(model: onnx.ModelProto, names: Sequence[str], given: Collection[str] = ()) -> onnx.ModelProto:
@@ -146,8 +147,7 @@ def intermediate_outputs(
     # optimized (fused, NCHWc) kernels: 1.6x faster refits of a MobileNetV2 than the plain ones;
     # onnxruntime never fuses away a graph output. A QDQ graph runs unoptimized, so that the
     # tensors asked for keep their float (DQ -> op -> Q) values instead of integer-kernel ones.
-    quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
-    session = make_session(prefix_model(model, names, given), optimize=not quantized)
+    session = make_session(prefix_model(model, names, given), optimize=not is_quantized(model))
     feeds: dict[str, np.ndarray] = {}
     for i in session.get_inputs():
         feeds[i.name] = given[i.name] if i.name in given else x  # type: ignore[assignment]

@@ -14,7 +14,7 @@ import onnx
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, load_data
 from onnxcompress.compiler.inspection import inspect_model
-from onnxcompress.compiler.onnx_io import canonicalize, dynamic_batch, load_model
+from onnxcompress.compiler.onnx_io import canonicalize, dynamic_batch, is_quantized, load_model
 from onnxcompress.compiler.runtime import Latency, make_session, measure_latency, run_batched
 from onnxcompress.errors import DataError, ModelError
 from onnxcompress.passes import Plan, apply_plan
@@ -137,8 +137,7 @@ def evaluate(
         agreement = float((t_scores.argmax(1) == pred).mean())
     # cost of the canonical form (folds e.g. a Reshape'd MatMul weight), except for a quantized
     # graph, whose DequantizeLinear weights constant folding would widen back to float
-    quantized = any(n.op_type == "DequantizeLinear" for n in m.graph.node)
-    cost = model_cost(m if quantized else canonicalize(m))
+    cost = model_cost(m if is_quantized(m) else canonicalize(m))
     latency = measure_latency(dynamic_batch(m), ds.x[:32])
     return Evaluation(accuracy, agreement, len(ds), cost.macs, cost.params, m.ByteSize(), latency)
 

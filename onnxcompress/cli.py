@@ -149,15 +149,16 @@ def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathL
     return out
 
 
-def _preprocess_from(args, model):
+def preprocess_from_args(args, model):
+    """The model's preprocessing with the --scale/--mean/--std/--bgr of a command."""
     from onnxcompress.api import preprocess_for
     from onnxcompress.compiler.config import parse_float_list
 
     return preprocess_for(
         model,
         scale=args.scale,
-        mean=parse_float_list(args.mean, "--mean") if args.mean else None,
-        std=parse_float_list(args.std, "--std") if args.std else None,
+        mean=None if args.mean is None else parse_float_list(args.mean, "--mean"),
+        std=None if args.std is None else parse_float_list(args.std, "--std"),
         bgr=args.bgr,
     )
 
@@ -180,7 +181,7 @@ def cmd_apply(args) -> int:
     out = check_output_path(args.output, [args.model, args.plan])
     plan = Plan.load(args.plan)
     original = load_model(args.model)
-    preprocess = _preprocess_from(args, original)
+    preprocess = preprocess_from_args(args, original)
     student = api.apply(original, plan, data=args.data, preprocess=preprocess, seed=args.seed)
     save_model_atomic(student, out)
     from onnxcompress.compiler.cost import model_cost
@@ -197,7 +198,7 @@ def cmd_eval(args) -> int:
 
     model = load_model(args.model)
     classes = parse_int_list(args.classes, "--classes") if args.classes else None
-    ds = api.read_data(args.data, model, _preprocess_from(args, model), limit=args.limit)
+    ds = api.read_data(args.data, model, preprocess_from_args(args, model), limit=args.limit)
     result = api.evaluate(model, ds, teacher=args.teacher, classes=classes)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))

@@ -105,7 +105,7 @@ def refit(
     targets = intermediate_outputs(teacher, x, [n.outputs[0].name for n in layers])
     counts = [_images_for(int(np.prod(targets[n.outputs[0].name].shape[2:])) if n.op == "Conv" else 1,
                           _rows_for(_features(n)), len(x)) for n in layers]
-    sources = _sources(export_graph(graph.copy(), infer=True), layers, counts)
+    sources = _sources(export_graph(graph.copy(), infer=False), layers, counts)
     cache: dict[str, np.ndarray] = {}  # inputs of the layers fitted so far, on sources.images[name] samples
     for k, node in enumerate(layers):
         w = node.inputs[1].values
@@ -117,7 +117,7 @@ def refit(
             # run the rewritten network from the inputs of the layers fitted before this one (a fit
             # changes its own layer's output and what follows, never what came before), over the
             # few nodes in between, on as many samples as this input's later readers need
-            student = export_graph(graph.copy(), infer=True)
+            student = export_graph(graph.copy(), infer=False)  # onnxruntime infers the shapes
             n_run = sources.images[name]
             given = {t: cache[t][:n_run] for t in sources.starts[k]}
             cache[name] = intermediate_outputs(student, x[:n_run], [name], given=given)[name]
@@ -175,9 +175,8 @@ class _Sources:
 def _sources(model: onnx.ModelProto, layers: list[gs.Node], counts: list[int]) -> _Sources:
     names = [n.inputs[0].name for n in layers]
     starts: list[set[str]] = []
-    for k, name in enumerate(names):
-        earlier = set(names[:k]) - {name}
-        starts.append(starts_of(model, [name], earlier) & earlier if name not in names[:k] else set())
+    for k, name in enumerate(names):  # a layer reading an earlier layer's input finds it cached
+        starts.append(starts_of(model, [name], set(names[:k])) if name not in names[:k] else set())
     images: dict[str, int] = {}
     last_use: dict[str, int] = {}
     for k in reversed(range(len(layers))):  # readers come after what they read
@@ -186,7 +185,7 @@ def _sources(model: onnx.ModelProto, layers: list[gs.Node], counts: list[int]) -
         last_use.setdefault(name, k)
         for t in starts[k]:
             images[t] = max(images.get(t, 0), images[name])
-            last_use[t] = max(last_use.get(t, k), k)
+            last_use.setdefault(t, k)
     return _Sources(starts, images, last_use)
 
 
