@@ -170,6 +170,12 @@ class Preprocess:
             raise ModelError(f"model metadata {METADATA_CHANNEL_ORDER} is {order!r}; expected rgb or bgr")
         return cls(scale=scale, mean=mean, std=std, bgr=order == "bgr")
 
+    @staticmethod
+    def recorded_in(model: onnx.ModelProto) -> bool:
+        """Whether `model`'s metadata records a preprocessing (`stamp` writes one)."""
+        keys = {METADATA_SCALE, METADATA_MEAN, METADATA_STD, METADATA_CHANNEL_ORDER}
+        return any(p.key in keys for p in model.metadata_props)
+
     def stamp(self, model: onnx.ModelProto) -> onnx.ModelProto:
         """A copy of `model` that records this preprocessing in its metadata_props (what
         `from_model` reads), so that a student written with non-default --scale/--mean/--std/--bgr

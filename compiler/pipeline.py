@@ -676,8 +676,11 @@ def finetune_command(args) -> int:
 
     out = check_output_path(args.output, [args.model, args.teacher])
     student = load_model(args.model)
-    teacher = canonicalize(load_model(args.teacher))
-    preprocess = _preprocess_args(args, load_model(args.teacher))
+    teacher_model = load_model(args.teacher)
+    teacher = canonicalize(teacher_model)
+    # teacher and student read the same inputs: those the student was built for (apply, compress
+    # and finetune record them), else the teacher's; flags override either
+    preprocess = _preprocess_args(args, student if Preprocess.recorded_in(student) else teacher_model)
     classes = parse_int_list(args.classes, "--classes") if args.classes else None
     spec = InputSpec.from_model(teacher)
     n = _num_classes(teacher)

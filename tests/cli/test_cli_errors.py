@@ -199,6 +199,20 @@ def test_bgr_flag_reverses_the_channels(files, tmp_path):
     assert json.loads(again.stdout)["accuracy"] == 1.0
 
 
+def test_finetune_feeds_the_inputs_the_student_was_built_for(files, tmp_path):
+    """A student written by `apply --scale 0.5` is fine-tuned (and written) with that scale without
+    the flag; the teacher, which records none, would have given x/255."""
+    (tmp_path / "empty.json").write_text('{"passes": []}')
+    student, tuned = tmp_path / "s.onnx", tmp_path / "t.onnx"
+    r = cli("apply", str(files / "model.onnx"), str(tmp_path / "empty.json"), "-o", str(student), "--scale", "0.5")
+    assert r.returncode == 0, r.stderr
+    r = cli("finetune", str(student), "--teacher", str(files / "model.onnx"), "--data", str(files / "data.npz"),
+            "--epochs", "1", "-o", str(tuned), "--quiet")
+    assert r.returncode == 0, r.stderr
+    props = {p.key: p.value for p in onnx.load(str(tuned)).metadata_props}
+    assert float(props["onnxcompress.scale"]) == 0.5
+
+
 def test_unknown_custom_op_is_inspected_not_fatal(tmp_path):
     g = GraphBuilder()
     x = g.relu(g.conv("x", 3, 8))

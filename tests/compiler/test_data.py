@@ -146,7 +146,8 @@ def test_stamp_records_the_preprocessing_in_a_copy() -> None:
     onnx.helper.set_model_props(model, {"author": "someone", "onnxcompress.scale": "1"})
     pre = Preprocess(scale=1 / 127.5, mean=(1.0,), std=(0.229, 0.224, 0.225), bgr=True)
     stamped = pre.stamp(model)
-    assert Preprocess.from_model(stamped) == pre
+    assert Preprocess.from_model(stamped) == pre and Preprocess.recorded_in(stamped)
+    assert not Preprocess.recorded_in(tiny_cnn(channels=3))
     props = {p.key: p.value for p in stamped.metadata_props}
     assert props["author"] == "someone" and len(stamped.metadata_props) == 5  # replaced, not duplicated
     assert Preprocess.from_model(model) == Preprocess(scale=1.0)  # the input is untouched
