@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import onnx
 
+from onnxcompress import interrupts
 from onnxcompress.compiler.config import CompressConfig, Target, parse_int_list
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, load_data
@@ -134,28 +135,6 @@ def interruptible() -> Iterator[None]:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def uninterruptible() -> Iterator[None]:
-    """Writing the outputs of a finished job: Ctrl-C / SIGTERM are held back until every file is
-    in place, so a job is either fully written or not at all (the work is done by then)."""
-    held: list[int] = []
-
-    def _hold(signum, frame):  # noqa: ARG001
-        held.append(signum)
-
-    try:
-        previous = {sig: signal.signal(sig, _hold) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        previous = {}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if held:
-            print("interrupt received while writing the results: the job had finished, all outputs are complete", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -653,7 +632,7 @@ def compress_command(args) -> int:
         )
     students = []
     report = result.report
-    with uninterruptible():
+    with interrupts.committing():
         for s, out in zip(result.students, outputs):
             save_model_atomic(s.model, out)
             students.append(out)
@@ -699,7 +678,7 @@ def finetune_command(args) -> int:
     ckpt.mkdir(exist_ok=True)
     with interruptible():
         tuned, result = finetune(student, teacher, train, val, config, checkpoint_dir=ckpt, progress=not args.quiet)
-    with uninterruptible():
+    with interrupts.committing():
         save_model_atomic(preprocess.stamp(tuned), out)
         import shutil
 
@@ -732,9 +711,10 @@ def demo_command(args) -> int:
             progress=True,
             name="demo_teacher.onnx",
         )
-    student_path = save_model_atomic(result.model, out_dir / "student.onnx")
-    report = replace(result.report, students=tuple(replace(r, output=str(student_path)) for r in result.report.students))
-    jp, md, png = write_report(report, out_dir / "report.json")
+    with interrupts.committing():
+        student_path = save_model_atomic(result.model, out_dir / "student.onnx")
+        report = replace(result.report, students=tuple(replace(r, output=str(student_path)) for r in result.report.students))
+        jp, md, png = write_report(report, out_dir / "report.json")
     print(summary_table(report))
     print(f"\nwrote {student_path}, {jp}, {md}, {png}")
     print(result.students[0].note)

@@ -183,7 +183,8 @@ def cmd_apply(args) -> int:
     original = load_model(args.model)
     preprocess = preprocess_from_args(args, original)
     student = api.apply(original, plan, data=args.data, preprocess=preprocess, seed=args.seed)
-    save_model_atomic(student, out)
+    with interrupts.committing():
+        save_model_atomic(student, out)
     from onnxcompress.compiler.cost import model_cost
 
     before, after = model_cost(api.load(original)), model_cost(student)
@@ -248,17 +249,37 @@ HANDLERS = {
 
 
 def entry() -> None:
-    """The console script and `python -m onnxcompress`: run `main` and end the process."""
+    """The console script and `python -m onnxcompress`: run the command and end the process
+    (signals stay handled until the very end: see onnxcompress/interrupts.py)."""
     interrupts.install()
-    interrupts.exit_process(main())
+    interrupts.exit_process(run())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line in-process (scripts, tests): like `entry`, but returns the exit status
+    and gives the caller its signal handlers back."""
+    previous = interrupts.handlers()
+    try:
+        return run(argv)
+    finally:
+        interrupts.install()  # resets the committed state
+        interrupts.restore(previous)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    code = _run(argv)
+    if interrupts.late():
+        print(interrupts.late_note(), file=sys.stderr)
+    return code
+
+
+def _run(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Ctrl-C and SIGTERM (a scheduler stopping the job): clean stop, no partial output
     interrupts.install()
     debug = "--debug" in argv
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(_normalise_argv(argv))
         if args.command is None:
@@ -271,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return _interrupted()
+        return _interrupted(args)
     except MemoryError:
         if debug:
             raise
@@ -279,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 8
     except Exception as exc:  # an internal bug: still one line, with how to see more
         if interrupts.received():  # e.g. "ImportError: initialization failed" from a signal during an import
-            return _interrupted()
+            return _interrupted(args)
         if debug:
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -287,9 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-def _interrupted() -> int:
+def _interrupted(args) -> int:
     interrupts.ignore()  # a second signal while shutting down must not turn the clean exit into a kill
-    print("interrupted: nothing was written (resume with --resume)", file=sys.stderr)
+    resumable = args is not None and "resume" in vars(args)  # compress and finetune keep a checkpoint
+    print("interrupted: nothing was written" + (" (resume with --resume)" if resumable else ""), file=sys.stderr)
     return EXIT_INTERRUPTED
 
 

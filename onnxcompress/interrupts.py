@@ -16,6 +16,12 @@ Three CPython details make this more than `except KeyboardInterrupt`:
    milliseconds of a finished job would kill it (-15). Once the job is over, `exit_process()`
    ignores further signals: there is nothing left to interrupt.
 
+A command writes its outputs inside `committing()`: from the first byte written to the end of the
+process a signal is only noted, never raised, so a job is either not written at all (exit 130,
+"interrupted: nothing was written") or written completely (exit 0, with a note that the interrupt
+came too late to stop it). Without this, a signal between the rename of the output into place and
+the end of the command reported "nothing was written" beside a complete output file.
+
 """
 
 from __future__ import annotations
@@ -24,24 +30,34 @@ import atexit
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 EXIT_INTERRUPTED = 130
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _received = False
+_committed = False  # outputs are being (or have been) written: signals are noted, not raised
+_late: list[int] = []  # signals that arrived after the commit began
 
 
 def raise_interrupt(signum, frame):  # noqa: ARG001
-    """The handler: record the interrupt and raise KeyboardInterrupt."""
+    """The handler: record the interrupt and raise KeyboardInterrupt (only note it once the
+    command writes its outputs)."""
     global _received
+    if _committed:
+        _late.append(signum)
+        return
     _received = True
     raise KeyboardInterrupt
 
 
 def install() -> None:
     """SIGINT and SIGTERM raise KeyboardInterrupt (and are recorded). No-op off the main thread."""
-    global _received
+    global _received, _committed
     _received = False
+    _committed = False
+    _late.clear()
     try:
         for sig in SIGNALS:
             signal.signal(sig, raise_interrupt)
@@ -52,6 +68,51 @@ def install() -> None:
 def received() -> bool:
     """Whether SIGINT/SIGTERM arrived since `install()`."""
     return _received
+
+
+def handlers() -> dict[int, object]:
+    """The current SIGINT/SIGTERM handlers (to restore them with `restore`)."""
+    return {sig: signal.getsignal(sig) for sig in SIGNALS}
+
+
+def restore(previous: dict[int, object]) -> None:
+    """Put back handlers saved by `handlers()` (in-process callers of the CLI, e.g. tests)."""
+    try:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+    except ValueError:
+        pass
+
+
+@contextmanager
+def committing() -> Iterator[None]:
+    """Writing the outputs of a finished job. Ctrl-C / SIGTERM from here to the end of the command
+    are noted, not raised (see the module doc); `late()` says whether one came. If the writing
+    itself fails, signals raise again."""
+    global _committed
+    previous = handlers()
+    try:
+        for sig in SIGNALS:  # API callers may not have installed the handler
+            signal.signal(sig, raise_interrupt)
+    except ValueError:  # not the main thread: signals cannot reach this code anyway
+        previous = {}
+    _committed = True
+    try:
+        yield
+    except BaseException:
+        _committed = False
+        restore(previous)
+        raise
+
+
+def late() -> bool:
+    """Whether a signal arrived after the outputs began to be written."""
+    return bool(_late)
+
+
+def late_note() -> str:
+    return "interrupt received while writing the results: the job had finished, all outputs are complete"
 
 
 def ignore() -> None:
