@@ -125,6 +125,72 @@ def _detect_layout(model: onnx.ModelProto, input_name: str, dims: Sequence[int |
     return "NCHW"
 
 
+def dynamic_spatial(model: onnx.ModelProto) -> bool:
+    """Whether the data input leaves its height or width symbolic (e.g. a PyTorch export with
+    dynamic_axes on H and W, or a fully convolutional Keras model)."""
+    value = data_input(model)
+    dims = [int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        return False
+    layout = _detect_layout(model, value.name, dims)
+    h, w = (dims[2], dims[3]) if layout == "NCHW" else (dims[1], dims[2])
+    return not (isinstance(h, int) and h > 0 and isinstance(w, int) and w > 0)
+
+
+def pin_input_size(model: onnx.ModelProto, height: int, width: int) -> onnx.ModelProto:
+    """A copy whose data input has `height` x `width` where the model leaves them symbolic.
+
+    Costs, latency and every rewrite are measured at one size, so a model exported with a dynamic
+    height/width is compressed for the size it will be used at; the student keeps that fixed size.
+    A size that contradicts a fixed dimension of the model is a ModelError."""
+    if height <= 0 or width <= 0:
+        raise ModelError(f"an input size must be positive, got {height}x{width}")
+    pinned = onnx.ModelProto()
+    pinned.CopyFrom(model)
+    value = data_input(pinned)
+    dims = value.type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise ModelError(f"model input {value.name!r} has rank {len(dims)}; expected a 4-D image batch")
+    raw = [int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+    layout = _detect_layout(pinned, value.name, raw)
+    for axis, size, what in zip((2, 3) if layout == "NCHW" else (1, 2), (height, width), ("height", "width")):
+        d = dims[axis]
+        if d.HasField("dim_value") and d.dim_value > 0:
+            if d.dim_value != size:
+                raise ModelError(f"model input {value.name!r} has a fixed {what} of {d.dim_value}, not {size}")
+            continue
+        d.Clear()
+        d.dim_value = size
+    return pinned
+
+
+def image_size_of(path: str | Path, layout: Layout) -> tuple[int, int] | None:
+    """Height and width of the images in an `.npz` (read from the array header, without loading
+    the data); None for image folders, unreadable files or arrays that are not image batches."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("x.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    if dtype == np.uint8 and len(shape) in (3, 4):  # N,H,W[,C] images
+        return int(shape[1]), int(shape[2])
+    if len(shape) == 4:  # float arrays already in the model's layout
+        return (int(shape[2]), int(shape[3])) if layout == "NCHW" else (int(shape[1]), int(shape[2]))
+    return None
+
+
+def input_layout(model: onnx.ModelProto) -> Layout:
+    """The data input's layout (NCHW or NHWC), also for inputs with symbolic sizes."""
+    value = data_input(model)
+    dims = [int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
+    return _detect_layout(model, value.name, dims) if len(dims) == 4 else "NCHW"
+
+
 # ---------------------------------------------------------------------------------------------
 # Preprocessing of uint8 pixels
 # ---------------------------------------------------------------------------------------------

@@ -448,7 +448,7 @@ def validate_classifier(model: onnx.ModelProto) -> None:
     if len(dims) != 4:
         raise ModelError(f"input '{inputs[0].name}' has rank {len(dims)}; onnxcompress handles image classifiers with a 4-D input")
     if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims[1:]):
-        raise ModelError(f"input '{inputs[0].name}' has a dynamic size {[d.dim_value or d.dim_param or '?' for d in dims]}; export the model with a fixed height, width and channel count")
+        raise ModelError(f"input '{inputs[0].name}' has a dynamic size {[d.dim_value or d.dim_param or '?' for d in dims]}; give its height and width (--input-size HxW on the command line, compiler.data.pin_input_size in Python) or export it with a fixed size")
     if not any(n.op_type in ("Conv", "Gemm", "MatMul") for n in model.graph.node):
         raise ModelError("the model has no Conv, Gemm or MatMul layer: nothing to compress")
     for init in model.graph.initializer:

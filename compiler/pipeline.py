@@ -591,6 +591,8 @@ def _outputs_for(args, model_path: Path, n_targets: int) -> list[Path]:
 
 
 def compress_command(args) -> int:
+    from onnxcompress.cli import load_input_model
+
     model_path = Path(args.model)
     targets = [Target.parse(t) for t in args.target]
     outputs = _outputs_for(args, model_path, len(targets))
@@ -599,7 +601,7 @@ def compress_command(args) -> int:
         from onnxcompress.cli import check_output_path
 
         report_path = check_output_path(args.report, [model_path])
-    original = load_model(model_path)
+    original = load_input_model(model_path, args, args.data)
     ckpt = Path(str(outputs[0]) + ".checkpoint")
     if ckpt.exists() and not args.resume:
         import shutil
@@ -651,11 +653,11 @@ def compress_command(args) -> int:
 
 
 def finetune_command(args) -> int:
-    from onnxcompress.cli import check_output_path
+    from onnxcompress.cli import check_output_path, load_input_model
 
     out = check_output_path(args.output, [args.model, args.teacher])
-    student = load_model(args.model)
-    teacher_model = load_model(args.teacher)
+    student = load_input_model(args.model, args, args.data)
+    teacher_model = load_input_model(args.teacher, args, args.data)
     teacher = canonicalize(teacher_model)
     # teacher and student read the same inputs: those the student was built for (apply, compress
     # and finetune record them), else the teacher's; flags override either

@@ -17,6 +17,7 @@ from onnxcompress.interrupts import EXIT_INTERRUPTED
 
 COMMANDS = ("compress", "inspect", "apply", "finetune", "eval", "demo")
 EXIT_INTERNAL = 70
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +38,24 @@ def _add_preprocess(p: argparse.ArgumentParser) -> None:
     g.add_argument("--std", default=None, help="a,b,c (in the model's channel order)")
     g.add_argument("--bgr", action="store_const", const=True, default=None,
                    help="the model reads BGR (Caffe/OpenCV exports): reverse the RGB images' channels first")
+
+
+def _input_size(text: str) -> tuple[int, int]:
+    """`--input-size 224x224` (also `224,224`, or `224` for a square)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+        if len(parts) > 2 or h <= 0 or w <= 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 224x224, got {text!r}") from None
+    return h, w
+
+
+def _add_input_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-size", type=_input_size, default=None, metavar="HxW",
+                   help="for models exported with a dynamic height/width: the size to compress and measure at "
+                        "(default: the size of the --data images); the output keeps that fixed size")
 
 
 def _add_compress_options(p: argparse.ArgumentParser) -> None:
@@ -67,6 +86,7 @@ def _add_compress_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-policy", default=None, help="save the search policy (reinforce agent) for transfer")
     p.add_argument("--load-policy", default=None, help="warm-start the search policy from a saved one")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_input_size(p)
     _add_preprocess(p)
 
 
@@ -81,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="layers, channel groups, removable units, costs")
     p.add_argument("model")
     p.add_argument("--json", action="store_true")
+    _add_input_size(p)
     _add_common(p)
 
     p = sub.add_parser("apply", help="replay a plan on a model")
@@ -89,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--data", default=None, help="calibration images for data-driven passes")
     p.add_argument("--seed", type=int, default=0)
+    _add_input_size(p)
     _add_preprocess(p)
     _add_common(p)
 
@@ -104,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    _add_input_size(p)
     _add_preprocess(p)
     _add_common(p)
 
@@ -114,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=None, help="for a class-subset model: the teacher classes it keeps")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    _add_input_size(p)
     _add_preprocess(p)
     _add_common(p)
 
@@ -149,6 +173,27 @@ def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathL
     return out
 
 
+def load_input_model(path, args, data=None):
+    """Reads a model given on the command line. A model whose input leaves height/width symbolic
+    is pinned to --input-size, else to the size of the `.npz` images in `data` (with a note)."""
+    from onnxcompress.compiler.data import dynamic_spatial, image_size_of, input_layout, pin_input_size
+    from onnxcompress.compiler.onnx_io import load_model
+    from onnxcompress.errors import ModelError
+
+    model = load_model(path)
+    size = getattr(args, "input_size", None)
+    if not dynamic_spatial(model):
+        return model if size is None else pin_input_size(model, *size)  # checks that it agrees
+    if size is None and data is not None:
+        size = image_size_of(data, input_layout(model))
+        if size is not None:
+            print(f"note: {Path(path).name} has a dynamic input height/width; using {size[0]}x{size[1]}, the size of the "
+                  f"--data images (--input-size HxW to choose)", file=sys.stderr)
+    if size is None:
+        raise ModelError(f"{Path(path).name} has a dynamic input height/width; give --input-size HxW, the size it will run at")
+    return pin_input_size(model, *size)
+
+
 def preprocess_from_args(args, model):
     """The model's preprocessing with the --scale/--mean/--std/--bgr of a command."""
     from onnxcompress.api import preprocess_for
@@ -165,9 +210,9 @@ def preprocess_from_args(args, model):
 
 def cmd_inspect(args) -> int:
     from onnxcompress.compiler.inspection import format_inspection, inspect_model
-    from onnxcompress.compiler.onnx_io import canonicalize, load_model
+    from onnxcompress.compiler.onnx_io import canonicalize
 
-    original = load_model(args.model)
+    original = load_input_model(args.model, args)
     doc, analysis = inspect_model(Path(args.model).name, original, canonicalize(original))
     print(json.dumps(doc, indent=1) if args.json else format_inspection(doc, analysis))
     return 0
@@ -175,12 +220,12 @@ def cmd_inspect(args) -> int:
 
 def cmd_apply(args) -> int:
     from onnxcompress import api
-    from onnxcompress.compiler.onnx_io import load_model, save_model_atomic
+    from onnxcompress.compiler.onnx_io import save_model_atomic
     from onnxcompress.passes import Plan
 
     out = check_output_path(args.output, [args.model, args.plan])
     plan = Plan.load(args.plan)
-    original = load_model(args.model)
+    original = load_input_model(args.model, args, args.data)
     preprocess = preprocess_from_args(args, original)
     student = api.apply(original, plan, data=args.data, preprocess=preprocess, seed=args.seed)
     with interrupts.committing():
@@ -195,12 +240,12 @@ def cmd_apply(args) -> int:
 def cmd_eval(args) -> int:
     from onnxcompress import api
     from onnxcompress.compiler.config import parse_int_list
-    from onnxcompress.compiler.onnx_io import load_model
 
-    model = load_model(args.model)
+    model = load_input_model(args.model, args, args.data)
+    teacher = load_input_model(args.teacher, args, args.data) if args.teacher else None
     classes = parse_int_list(args.classes, "--classes") if args.classes else None
     ds = api.read_data(args.data, model, preprocess_from_args(args, model), limit=args.limit)
-    result = api.evaluate(model, ds, teacher=args.teacher, classes=classes)
+    result = api.evaluate(model, ds, teacher=teacher, classes=classes)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
@@ -293,6 +338,9 @@ def _run(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return _interrupted(args)
+    except BrokenPipeError:  # `onnxcompress inspect m.onnx | head`: the reader left; stop quietly like other tools
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except MemoryError:
         if debug:
             raise
@@ -306,6 +354,15 @@ def _run(argv: Sequence[str] | None = None) -> int:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"internal error: {type(exc).__name__}: {msg} (rerun with --debug for a traceback and report it)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null so that the flush at exit does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _interrupted(args) -> int:
