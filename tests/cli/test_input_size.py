@@ -136,3 +136,16 @@ def test_compress_and_finetune_a_dynamic_teacher(files):
             "--quiet", "-o", str(tuned))
     assert r.returncode == 0, r.stderr[-2000:]
     assert onnx.load(str(tuned)).graph.input[0] == onnx.load(str(out)).graph.input[0]
+
+
+def test_a_channels_last_tf2onnx_model_with_dynamic_size_is_pinned_on_its_height_and_width():
+    from tests.conftest import realdata_path
+
+    model = onnx.load(str(realdata_path("models", "cifar10_resnet8_mlperftiny_tf2onnx.onnx")))  # [N, 32, 32, 3] + Transpose
+    ref = np.load(realdata_path("models", "cifar10_resnet8_mlperftiny_tf2onnx.ref_io.npz"))
+    dyn = dynamic(model, axes=(1, 2))
+    assert dynamic_spatial(dyn)
+    pinned = pin_input_size(dyn, 32, 32)
+    assert [d.dim_value for d in pinned.graph.input[0].type.tensor_type.shape.dim][1:] == [32, 32, 3]
+    out = make_session(pinned).run(None, {"input": ref["input"]})[0]
+    np.testing.assert_allclose(out, ref["output_ref"], rtol=1e-4, atol=1e-5)
