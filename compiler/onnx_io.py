@@ -210,11 +210,31 @@ def _symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
         for node in model.graph.node:
             if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in init_by_name:
                 shape = numpy_helper.to_array(init_by_name[node.input[1]]).copy()
-                if shape.size >= 2 and int(shape[0]) in fixed_batches:
+                if shape.size >= 2 and int(shape[0]) in fixed_batches and 0 not in shape:
                     shape[0] = 0
+                    _allowzero_off(node)
                     init_by_name[node.input[1]].CopyFrom(numpy_helper.from_array(shape.astype(np.int64), node.input[1]))
     del model.graph.value_info[:]
     return model
+
+
+def _allowzero_off(node: onnx.NodeProto) -> None:
+    """A Reshape target we write 0 into means "copy the input's dim": drop allowzero=1 (opset 14+,
+    set by PyTorch's dynamo exporter), under which 0 would be a literal zero. Only called where
+    the target had no zero, so the original meaning is unchanged."""
+    for a in node.attribute:
+        if a.name == "allowzero":
+            a.i = 0
+
+
+def _reshape_zero_copies(graph: gs.Graph) -> None:
+    """Reshapes with allowzero=1 and a constant target without zeros mean the same with
+    allowzero=0, the form every rewrite assumes (a cut writes 0 for "copy the batch dim")."""
+    for node in graph.nodes:
+        if node.op == "Reshape" and node.attrs.get("allowzero", 0) == 1 and len(node.inputs) > 1:
+            target = node.inputs[1]
+            if isinstance(target, gs.Constant) and 0 not in np.asarray(target.values).reshape(-1).tolist():
+                node.attrs["allowzero"] = 0
 
 
 def is_quantized(model: onnx.ModelProto) -> bool:
@@ -487,6 +507,7 @@ def _canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception:  # folding is an optimisation; a model it cannot fold is still valid
         pass
     graph.cleanup().toposort()
+    _reshape_zero_copies(graph)
     _remove_identity_dropout(graph)
     graph.cleanup()
     _fold_batchnorm(graph)

@@ -258,3 +258,24 @@ def test_round_to_keeps_hardware_friendly_widths():
     from onnxcompress.passes.prune_channels import rounded_keep
 
     assert rounded_keep(16, 3.0, 8) == 8 and rounded_keep(16, 13.0, 8) == 16 and rounded_keep(6, 2.0, 8) == 6
+
+
+@pytest.mark.parametrize("fixed_batch", [False, True])
+def test_head_reshape_with_allowzero_is_pruned(fixed_batch):
+    # PyTorch's dynamo exporter (opset 18+) flattens with Reshape(x, [-1, C], allowzero=1); a cut
+    # rewrites the target to [0, -1] (0 = copy the batch dim), which allowzero=1 would read as a
+    # literal 0 ("Invalid Target shape product of 0"). The same holds for a fixed batch of 16.
+    g = GraphBuilder(seed=3, opset=18)
+    x = g.relu(g.conv("x", 3, 16))
+    x = g.relu(g.add(x, g.conv(g.relu(g.conv(x, 16, 16)), 16, 16)))
+    p = g.node("ReduceMean", [x, g.const(np.array([-1, -2], np.int64), "axes")], keepdims=1)
+    f = g.node("Reshape", [p, g.const(np.array([16 if fixed_batch else -1, 16], np.int64), "shape")], allowzero=1)
+    w = g.const((g.rng.standard_normal((10, 16)) * 0.3).astype(np.float32))
+    teacher = g.build(g.node("Gemm", [f, w], transB=1))
+    if fixed_batch:
+        teacher.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 16
+    c = canonicalize(teacher)
+    np.testing.assert_allclose(run(c), run(teacher), rtol=1e-5, atol=1e-6)
+    out = apply_plan(c, plan({"pass": "prune_channels", "ratio": 0.5}))
+    assert run(out).shape == (16, 10) and run(out, X[:5]).shape == (5, 10)
+    assert model_cost(out).macs == conv_macs(out)
