@@ -9,7 +9,7 @@ import onnx
 
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.ir import Analysis, analyze
-from onnxcompress.compiler.onnx_io import import_graph, opset_of
+from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, opset_of
 
 
 def _value_info(vi: onnx.ValueInfoProto) -> dict[str, Any]:
@@ -18,8 +18,23 @@ def _value_info(vi: onnx.ValueInfoProto) -> dict[str, Any]:
     return {"name": vi.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else None}
 
 
-def inspect_model(name: str, original: onnx.ModelProto, canonical: onnx.ModelProto) -> tuple[dict[str, Any], Analysis]:
-    """The `inspect --json` document for a model (costs of the canonical form, at batch 1)."""
+def quantized_weights(model: onnx.ModelProto) -> dict[str, int]:
+    """For a QDQ model: how many weight tensors are stored in each integer type ({"int8": 9})."""
+    inits = {i.name: i for i in model.graph.initializer}
+    weights = {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input and n.input[0] in inits and n.output[0] in weights:
+            kind = onnx.helper.tensor_dtype_to_string(inits[n.input[0]].data_type).replace("TensorProto.", "").lower()
+            counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def inspect_model(name: str, original: onnx.ModelProto, canonical: onnx.ModelProto | None = None) -> tuple[dict[str, Any], Analysis]:
+    """The `inspect --json` document for a model (costs of the canonical form, at batch 1; a QDQ
+    model is read as it is: canonicalisation would fold its integer weights back to float)."""
+    if canonical is None:
+        canonical = original if is_quantized(original) else canonicalize(original)
     graph = import_graph(canonical)
     analysis = analyze(graph)
     cost = model_cost(canonical, graph)
@@ -37,6 +52,7 @@ def inspect_model(name: str, original: onnx.ModelProto, canonical: onnx.ModelPro
         "removable": [u.to_json() for u in analysis.removable],
         "quantizable": list(analysis.quantizable),
         "frozen": [{"what": f.what, "reason": f.reason} for f in analysis.frozen],
+        "quantized_weights": quantized_weights(original) if is_quantized(original) else None,
     }
     return doc, analysis
 
@@ -51,6 +67,11 @@ def format_inspection(doc: dict[str, Any], analysis: Analysis) -> str:
         "  inputs:  " + ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in doc["inputs"]),
         "  outputs: " + ", ".join(f"{o['name']} {o['shape']} {o['dtype']}" for o in doc["outputs"]),
         f"  MACs {doc['macs']:,}   params {doc['params']:,}   size {doc['size_bytes']:,} bytes",
+    ]
+    if doc.get("quantized_weights") is not None:
+        stored = ", ".join(f"{n} {kind}" for kind, n in doc["quantized_weights"].items()) or "none"
+        lines.append(f"  quantized (QDQ): weights stored as {stored}; channel, layer and class passes need the float model")
+    lines += [
         "",
         f"  {'layer':<45} {'op':<7} {'in':>5} {'out':>5} {'MACs':>13} {'params':>9}  group",
     ]
@@ -66,7 +87,8 @@ def format_inspection(doc: dict[str, Any], analysis: Analysis) -> str:
     for u in analysis.removable:
         lines.append(f"    {u.id:<5} {u.kind:<15} {len(u.nodes)} nodes  {u.macs:>12,} MACs  at {_short(u.anchor)}")
     lines += ["", f"  quantizable ops: {len(analysis.quantizable)}"]
-    unknown = [f for f in analysis.frozen if not f.what.startswith("g")]
+    qdq = doc.get("quantized_weights") is not None
+    unknown = [f for f in analysis.frozen if not f.what.startswith("g") and not (qdq and ("QuantizeLinear" in f.reason or "DequantizeLinear" in f.reason))]
     if unknown:
         lines += ["", "  frozen by unknown ops:"] + [f"    {_short(f.what)}: {f.reason}" for f in unknown]
     return "\n".join(lines)

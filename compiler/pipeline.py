@@ -222,6 +222,9 @@ def compress(
     )
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     model_name = name or (Path(model).name if not isinstance(model, onnx.ModelProto) else "model.onnx")
+    if is_quantized(original):
+        raise ModelError(f"{model_name} is already quantized (QuantizeLinear/DequantizeLinear): compress needs the float "
+                         "teacher (quantization is one of its own passes)")
     teacher = canonicalize(original)
     preprocess = preprocess or Preprocess.from_model(original)
     n_classes = _num_classes(teacher)

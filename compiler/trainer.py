@@ -30,6 +30,7 @@ from tqdm import tqdm
 from onnxcompress.compiler.bridge import OnnxModule
 from onnxcompress.compiler.data import Dataset, InputSpec, iter_batches
 from onnxcompress.compiler.kd import KDConfig, KDLoss, match_features, teacher_targets
+from onnxcompress.compiler.onnx_io import is_quantized
 from onnxcompress.errors import DataError, ModelError, UsageError
 
 CHECKPOINT_NAME = "finetune.pt"
@@ -348,6 +349,10 @@ def _clone_state(module: torch.nn.Module) -> dict[str, Tensor]:
 
 
 def _check_inputs(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, val: Dataset | None) -> InputSpec:
+    for role, model in (("student", student), ("teacher", teacher)):
+        if is_quantized(model):
+            raise ModelError(f"the {role} is quantized (QuantizeLinear/DequantizeLinear): fine-tuning needs float models; "
+                             "fine-tune the float student with the float teacher, then quantize (apply a quantize plan)")
     spec = InputSpec.from_model(student)
     t_spec = InputSpec.from_model(teacher)
     if (spec.layout, spec.sample_shape) != (t_spec.layout, t_spec.sample_shape):

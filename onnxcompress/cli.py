@@ -210,10 +210,9 @@ def preprocess_from_args(args, model):
 
 def cmd_inspect(args) -> int:
     from onnxcompress.compiler.inspection import format_inspection, inspect_model
-    from onnxcompress.compiler.onnx_io import canonicalize
 
     original = load_input_model(args.model, args)
-    doc, analysis = inspect_model(Path(args.model).name, original, canonicalize(original))
+    doc, analysis = inspect_model(Path(args.model).name, original)
     print(json.dumps(doc, indent=1) if args.json else format_inspection(doc, analysis))
     return 0
 

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from onnxcompress.compiler.ir import Analysis, analyze
-from onnxcompress.compiler.onnx_io import export_graph, import_graph
+from onnxcompress.compiler.onnx_io import export_graph, import_graph, is_quantized
 from onnxcompress.compiler.runtime import make_session
 from onnxcompress.errors import CompressError, PlanError, VerificationError
 from onnxcompress.passes.plan import Plan
@@ -60,6 +60,10 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, calibration: np.ndarray | Non
     done: list[str] = []
     for step in plan.steps:
         spec = get_pass(step.name)
+        if step.name != "quantize" and is_quantized(current):
+            where = "after quantize" if done else "on a quantized (QDQ) model"
+            raise PlanError(f"pass '{step.name}' cannot run {where}: channel, layer and class rewrites need float weights; "
+                            + ("put quantize last in the plan" if done else "start from the float model and put quantize last in the plan"))
         expect = None if getattr(spec.run, "changes_outputs", False) else _output_dims(current)
         graph = import_graph(current)
         try:
