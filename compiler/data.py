@@ -450,8 +450,20 @@ def _load_npz(
 
 
 def _check_labels(y: np.ndarray, n: int, num_classes: int | None, path: Path) -> np.ndarray:
+    """Class ids (N,) int64. Also accepted, as Keras users have them: a column (N, 1) (what
+    keras.datasets.cifar10 returns), one-hot rows (N, K) (to_categorical), and whole-number floats."""
+    if y.ndim == 2 and len(y) == n and y.shape[1] == 1:
+        y = y[:, 0]
+    elif y.ndim == 2 and len(y) == n and y.shape[1] > 1 and (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
+            raise DataError(f"{path}: y has shape {y.shape} but its rows are not one-hot; give one class id per sample ({n},)")
+        if num_classes is not None and y.shape[1] != num_classes:
+            raise DataError(f"{path}: y is one-hot over {y.shape[1]} classes but the model has {num_classes}")
+        y = y.argmax(axis=1)
     if y.ndim != 1 or len(y) != n:
         raise DataError(f"{path}: y has shape {y.shape}; expected one label per sample ({n},)")
+    if np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all():
+        y = y.astype(np.int64)
     if not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{path}: y has dtype {y.dtype}; labels must be integers")
     labels = y.astype(np.int64)

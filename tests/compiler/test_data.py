@@ -334,3 +334,21 @@ def test_batches_and_split() -> None:
     a, b = split(ds, 0.3, seed=1)
     assert len(a) == 7 and len(b) == 3
     assert sorted(np.concatenate([a.y, b.y]).tolist()) == list(range(10))  # type: ignore[list-item]
+
+
+def test_label_forms_keras_users_have(tmp_path):
+    # keras.datasets.cifar10 gives y as a (N, 1) column; to_categorical gives one-hot rows; some
+    # pipelines store whole-number floats. All mean the same class ids.
+    x = np.random.default_rng(0).integers(0, 255, (6, 4, 5, 3), dtype=np.uint8)
+    ids = np.array([3, 1, 0, 9, 3, 2])
+    for name, y in {"column": ids.reshape(-1, 1).astype(np.uint8), "onehot": np.eye(10, dtype=np.float32)[ids],
+                    "onehot_bool": np.eye(10, dtype=bool)[ids], "floats": ids.astype(np.float64)}.items():
+        ds = load_data(write_npz(tmp_path / f"{name}.npz", x=x, y=y), spec(), Preprocess(), num_classes=10)
+        np.testing.assert_array_equal(ds.y, ids, err_msg=name)
+    soft = np.full((6, 10), 0.1, np.float32)
+    with pytest.raises(DataError, match="rows are not one-hot"):
+        load_data(write_npz(tmp_path / "soft.npz", x=x, y=soft), spec(), Preprocess(), num_classes=10)
+    with pytest.raises(DataError, match="one-hot over 9 classes but the model has 10"):
+        load_data(write_npz(tmp_path / "nine.npz", x=x, y=np.eye(9)[ids % 9]), spec(), Preprocess(), num_classes=10)
+    with pytest.raises(DataError, match="labels must be integers"):
+        load_data(write_npz(tmp_path / "half.npz", x=x, y=ids + 0.5), spec(), Preprocess(), num_classes=10)
