@@ -171,11 +171,13 @@ def image_size_of(path: str | Path, layout: Layout) -> tuple[int, int] | None:
     if not path.is_file():
         return None
     try:
-        with zipfile.ZipFile(path) as archive, archive.open("x.npy") as fh:
+        with zipfile.ZipFile(path) as archive:
+            x_key, _ = npz_keys([n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")], path)
+        with zipfile.ZipFile(path) as archive, archive.open(f"{x_key}.npy") as fh:
             version = np.lib.format.read_magic(fh)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = read_header(fh)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, DataError):
         return None
     if dtype == np.uint8 and len(shape) in (3, 4):  # N,H,W[,C] images
         return int(shape[1]), int(shape[2])
@@ -429,10 +431,9 @@ def _load_npz(
 ) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as archive:
-            if "x" not in archive.files:
-                raise DataError(f"{path} has no array 'x' (found {sorted(archive.files)}); save images as x=")
-            x = archive["x"]
-            y = archive["y"] if "y" in archive.files else None
+            x_key, y_key = npz_keys(archive.files, path)
+            x = archive[x_key]
+            y = archive[y_key] if y_key is not None else None
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
@@ -447,6 +448,26 @@ def _load_npz(
         labels = _remap(labels[keep], classes) if labels is not None else None  # type: ignore[index]
     _check_memory(len(x), spec, max_bytes)
     return Dataset(x=_to_model_input(x, spec, preprocess, path), y=labels)
+
+
+X_NAMES = ("x", "X", "images", "x_train", "x_test", "x_val", "data", "inputs")
+Y_NAMES = ("y", "Y", "labels", "y_train", "y_test", "y_val", "targets")
+
+
+def npz_keys(files: Sequence[str], path: Path | str) -> tuple[str, str | None]:
+    """The arrays of an `.npz` that hold the images and the labels: `x` and `y`, else the one
+    array with a usual name (`images`/`labels`, `x_train`/`y_train`, ...). Several candidates
+    (`x_train` and `x_test` in one file) are ambiguous: a DataError names them."""
+    names = set(files)
+    xs = ["x"] if "x" in names else [k for k in X_NAMES if k in names]
+    if not xs:
+        raise DataError(f"{path} has no image array (found {sorted(names)}); save images as x= (and labels as y=)")
+    if len(xs) > 1:
+        raise DataError(f"{path} holds several image arrays {xs}; save the ones to use as x= (and y=)")
+    ys = ["y"] if "y" in names else [k for k in Y_NAMES if k in names]
+    if xs[0] != "x" and len(ys) > 1:
+        raise DataError(f"{path} holds several label arrays {ys}; save the ones to use as y=")
+    return xs[0], (ys[0] if ys else None)
 
 
 def _check_labels(y: np.ndarray, n: int, num_classes: int | None, path: Path) -> np.ndarray:

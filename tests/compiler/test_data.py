@@ -268,7 +268,11 @@ def test_image_folder_errors(tmp_path: Path) -> None:
         ({"x": np.full((2, 3, 4, 5), np.inf, np.float32)}, {}, DataError, "NaN/Inf"),
         ({"x": np.zeros((2, 4, 5, 3))}, {}, DataError, r"per-sample shape \(4, 5, 3\)"),
         ({"x": np.zeros((2, 4, 5, 3), np.int32)}, {}, DataError, "dtype int32"),
-        ({"images": np.zeros((2, 4, 5, 3), np.uint8)}, {}, DataError, "no array 'x'"),
+        ({"pixels": np.zeros((2, 4, 5, 3), np.uint8)}, {}, DataError, "no image array"),
+        ({"x_train": np.zeros((2, 4, 5, 3), np.uint8), "x_test": np.zeros((2, 4, 5, 3), np.uint8)}, {}, DataError,
+         r"several image arrays \['x_train', 'x_test'\]"),
+        ({"images": np.zeros((2, 4, 5, 3), np.uint8), "y_train": np.zeros(2, np.int64), "labels": np.zeros(2, np.int64)}, {},
+         DataError, "several label arrays"),
         ({"x": np.zeros((0, 4, 5, 3), np.uint8)}, {}, DataError, "no samples"),
         ({"x": np.zeros((2, 4, 5, 3), np.uint8)}, {"classes": [1]}, DataError, "no labels"),
         ({"x": np.zeros((2, 4, 5, 3), np.uint8), "y": np.array([0, 0])}, {"classes": [1]}, DataError,
@@ -352,3 +356,16 @@ def test_label_forms_keras_users_have(tmp_path):
         load_data(write_npz(tmp_path / "nine.npz", x=x, y=np.eye(9)[ids % 9]), spec(), Preprocess(), num_classes=10)
     with pytest.raises(DataError, match="labels must be integers"):
         load_data(write_npz(tmp_path / "half.npz", x=x, y=ids + 0.5), spec(), Preprocess(), num_classes=10)
+
+
+def test_usual_array_names_in_an_npz(tmp_path):
+    x = np.random.default_rng(0).integers(0, 255, (3, 4, 5, 3), dtype=np.uint8)
+    for xk, yk in (("images", "labels"), ("x_train", "y_train"), ("X", "Y"), ("x", "labels")):
+        ds = load_data(write_npz(tmp_path / f"{xk}.npz", **{xk: x, yk: np.array([2, 0, 1])}), spec(), Preprocess())
+        np.testing.assert_array_equal(ds.y, [2, 0, 1], err_msg=xk)
+    # x and y win over other arrays, as before
+    ds = load_data(write_npz(tmp_path / "both.npz", x=x, y=np.array([1, 1, 1]), x_test=x, y_test=np.array([0, 0, 0])), spec(), Preprocess())
+    np.testing.assert_array_equal(ds.y, [1, 1, 1])
+    from onnxcompress.compiler.data import image_size_of
+
+    assert image_size_of(tmp_path / "images.npz", "NCHW") == (4, 5)
