@@ -92,7 +92,7 @@ CASES = [
     ("external data outside folder", ["inspect", "{d}/external_outside.onnx"], 3, "outside"),
     ("external data missing", ["inspect", "{d}/external_missing.onnx"], 3, "missing"),
     ("several outputs", ["inspect", "{d}/two_outputs.onnx"], 3, "2 outputs"),
-    ("dynamic spatial size", ["inspect", "{d}/dynamic.onnx"], 3, "dynamic size"),
+    ("dynamic spatial size", ["inspect", "{d}/dynamic.onnx"], 3, "dynamic input height/width; give --input-size"),
     ("no conv or gemm", ["apply", "{d}/noconv.onnx", "{d}/plan.json", "-o", "{d}/out.onnx"], 3, "no Conv"),
     ("unknown pass", ["apply", "{d}/model.onnx", "{d}/plan_badpass.json", "-o", "{d}/out.onnx"], 5, "unknown pass"),
     ("unknown group id", ["apply", "{d}/model.onnx", "{d}/plan_badid.json", "-o", "{d}/out.onnx"], 5, "unknown group"),
