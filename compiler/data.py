@@ -74,12 +74,7 @@ class InputSpec:
         """Reads the data input (the first graph input that is not an initializer)."""
         value = data_input(model)
         tensor_type = value.type.tensor_type
-        dims: list[int | str | None] = []
-        for d in tensor_type.shape.dim:
-            if d.HasField("dim_value"):
-                dims.append(int(d.dim_value))
-            else:
-                dims.append(d.dim_param or None)
+        dims = _dims(value)
         if len(dims) != 4:
             raise ModelError(f"model input {value.name!r} has rank {len(dims)}; expected a 4-D image batch")
         layout = _detect_layout(model, value.name, dims)
@@ -100,6 +95,11 @@ class InputSpec:
             dtype=np.dtype(dtype).name,
             batch=dims[0],
         )
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
+    """A value's shape: numbers where fixed, the symbolic name (or None) elsewhere."""
+    return [int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
 
 
 def data_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
@@ -129,7 +129,7 @@ def dynamic_spatial(model: onnx.ModelProto) -> bool:
     """Whether the data input leaves its height or width symbolic (e.g. a PyTorch export with
     dynamic_axes on H and W, or a fully convolutional Keras model)."""
     value = data_input(model)
-    dims = [int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
+    dims = _dims(value)
     if len(dims) != 4:
         return False
     layout = _detect_layout(model, value.name, dims)
@@ -151,7 +151,7 @@ def pin_input_size(model: onnx.ModelProto, height: int, width: int) -> onnx.Mode
     dims = value.type.tensor_type.shape.dim
     if len(dims) != 4:
         raise ModelError(f"model input {value.name!r} has rank {len(dims)}; expected a 4-D image batch")
-    raw = [int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+    raw = _dims(value)
     layout = _detect_layout(pinned, value.name, raw)
     for axis, size, what in zip((2, 3) if layout == "NCHW" else (1, 2), (height, width), ("height", "width")):
         d = dims[axis]
@@ -189,7 +189,7 @@ def image_size_of(path: str | Path, layout: Layout) -> tuple[int, int] | None:
 def input_layout(model: onnx.ModelProto) -> Layout:
     """The data input's layout (NCHW or NHWC), also for inputs with symbolic sizes."""
     value = data_input(model)
-    dims = [int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
+    dims = _dims(value)
     return _detect_layout(model, value.name, dims) if len(dims) == 4 else "NCHW"
 
 
