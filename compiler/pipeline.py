@@ -301,6 +301,7 @@ def compress(
             note += "; the target was NOT met (this is the closest plan the search found)"
         if drop > config.max_drop:
             note += f"; the accuracy budget of {config.max_drop} points was NOT met at this target: a larger target (see the Pareto front) keeps more accuracy"
+        note += _slower_note(latency, teacher_metrics.latency_ms, outcome.channel_multiple)
         students.append(Student(tgt, final_plan, student, metrics, search_acc, feasible, note))
 
     report = RunReport(
@@ -556,6 +557,15 @@ def _quantize_for_size(student: onnx.ModelProto, target: Target, teacher: ModelM
         if q.ByteSize() <= target.size * teacher.size_bytes:
             return q, plan
     return q, plan
+
+
+def _slower_note(student: Latency | None, teacher: Latency | None, channel_multiple: int) -> str:
+    """Fewer MACs that run slower: said in the note, since speed is what the user came for."""
+    if student is None or teacher is None or student.batch32 <= teacher.batch32:
+        return ""
+    why = (" (channel counts that are not multiples of this CPU's kernel block run on slower kernels: leave "
+           "--channel-multiple at its default)" if channel_multiple == 1 else "")
+    return f"; it runs SLOWER than the teacher in onnxruntime on this CPU ({teacher.batch32 / student.batch32:.2f}x speed at batch 32){why}"
 
 
 def small_validation_note(samples: int, max_drop: float) -> str | None:

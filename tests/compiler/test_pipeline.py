@@ -20,6 +20,17 @@ def test_small_validation_sets_are_flagged():
     assert small_validation_note(50, 1.0) is not None and small_validation_note(50, 2.0) is None
 
 
+def test_a_student_slower_than_its_teacher_is_said_so():
+    from onnxcompress.compiler.pipeline import _slower_note
+    from onnxcompress.compiler.runtime import Latency
+
+    teacher = Latency(0.1, 2.0)
+    assert _slower_note(Latency(0.05, 1.0), teacher, 16) == "" and _slower_note(None, teacher, 16) == ""
+    note = _slower_note(Latency(0.2, 2.5), teacher, 1)
+    assert "SLOWER than the teacher" in note and "0.80x speed at batch 32" in note and "--channel-multiple" in note
+    assert "--channel-multiple" not in _slower_note(Latency(0.2, 2.5), teacher, 16)
+
+
 def test_agents_that_remove_units_also_get_structure_families(tmp_path):
     """N2N's REINFORCE decides removals itself, but judged without fine-tuning it learns to keep
     every unit; compress therefore runs it on the structure families too (a block removed first,
