@@ -237,6 +237,12 @@ def _reshape_zero_copies(graph: gs.Graph) -> None:
                 node.attrs["allowzero"] = 0
 
 
+def num_classes(model: onnx.ModelProto) -> int | None:
+    """The class count: dim 1 of the output, when fixed."""
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    return int(dims[1].dim_value) if len(dims) >= 2 and dims[1].HasField("dim_value") else None
+
+
 def is_quantized(model: onnx.ModelProto) -> bool:
     """True for a QDQ graph (what the quantize pass writes): its DequantizeLinear weights must not
     be constant-folded back to float, nor its values read from onnxruntime's fused integer kernels."""
@@ -469,6 +475,12 @@ def validate_classifier(model: onnx.ModelProto) -> None:
         raise ModelError(f"input '{inputs[0].name}' has rank {len(dims)}; onnxcompress handles image classifiers with a 4-D input")
     if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims[1:]):
         raise ModelError(f"input '{inputs[0].name}' has a dynamic size {[d.dim_value or d.dim_param or '?' for d in dims]}; give its height and width (--input-size HxW on the command line, compiler.data.pin_input_size in Python) or export it with a fixed size")
+    out_dims = model.graph.output[0].type.tensor_type.shape.dim
+    if len(out_dims) >= 2 and all(d.HasField("dim_value") for d in out_dims[1:]) and int(np.prod([d.dim_value for d in out_dims[1:]])) == 1:
+        # one score per sample (a sigmoid binary head): argmax, softmax KD and cross-entropy all
+        # need one score per class, and would silently learn nothing from a single one
+        raise ModelError(f"the model has a single output score per sample (a binary classifier with a sigmoid?); onnxcompress "
+                         f"handles one score per class: export the head with 2 outputs (softmax over negative, positive)")
     if not any(n.op_type in ("Conv", "Gemm", "MatMul") for n in model.graph.node):
         raise ModelError("the model has no Conv, Gemm or MatMul layer: nothing to compress")
     for init in model.graph.initializer:

@@ -28,7 +28,7 @@ from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, load_data
 from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.kd import KDConfig
-from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, load_model, save_model_atomic
+from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, load_model, num_classes, save_model_atomic
 from onnxcompress.compiler.report import ModelMetrics, RunReport, StudentReport, summary_table, write_report
 from onnxcompress.compiler.runtime import Latency, compare_latency, make_session, measure_latency, run_batched
 from onnxcompress.compiler.trainer import FinetuneConfig, finetune
@@ -48,11 +48,6 @@ class JobData:
     calibration: np.ndarray
 
 
-def _num_classes(model: onnx.ModelProto) -> int | None:
-    dims = model.graph.output[0].type.tensor_type.shape.dim
-    return int(dims[1].dim_value) if len(dims) >= 2 and dims[1].HasField("dim_value") else None
-
-
 def prepare_data(
     teacher: onnx.ModelProto,
     data: str | Path,
@@ -66,7 +61,7 @@ def prepare_data(
     """Training data, a fixed validation subset (from --val-data, else held out of --data) and
     calibration inputs (from the training data), all filtered to `classes` when given."""
     spec = InputSpec.from_model(teacher)
-    n_classes = _num_classes(teacher)
+    n_classes = num_classes(teacher)
     train = load_data(data, spec, preprocess, classes=classes, num_classes=n_classes)
     if len(train) < 2:
         raise DataError(f"the training data has {len(train)} usable samples; need at least 2")
@@ -227,7 +222,7 @@ def compress(
                          "teacher (quantization is one of its own passes)")
     teacher = canonicalize(original)
     preprocess = preprocess or Preprocess.from_model(original)
-    n_classes = _num_classes(teacher)
+    n_classes = num_classes(teacher)
     if config.classes is not None and n_classes is not None and max(config.classes) >= n_classes:
         raise UsageError(f"--classes {max(config.classes)} is out of range: the model has {n_classes} classes (0..{n_classes - 1})")
     job = prepare_data(teacher, data, val_data, preprocess, config.classes, config.val_size, config.calib_size, config.seed)
@@ -677,7 +672,7 @@ def finetune_command(args) -> int:
     preprocess = _preprocess_args(args, student if Preprocess.recorded_in(student) else teacher_model)
     classes = parse_int_list(args.classes, "--classes") if args.classes else None
     spec = InputSpec.from_model(teacher)
-    n = _num_classes(teacher)
+    n = num_classes(teacher)
     train = load_data(args.data, spec, preprocess, classes=classes, num_classes=n)
     val = load_data(args.val_data, spec, preprocess, classes=classes, num_classes=n) if args.val_data else None
     kinds = tuple(k.strip() for k in args.kd.split(",") if k.strip())

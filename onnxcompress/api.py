@@ -14,7 +14,7 @@ import onnx
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, load_data
 from onnxcompress.compiler.inspection import inspect_model
-from onnxcompress.compiler.onnx_io import canonicalize, dynamic_batch, is_quantized, load_model
+from onnxcompress.compiler.onnx_io import canonicalize, dynamic_batch, is_quantized, load_model, num_classes
 from onnxcompress.compiler.runtime import Latency, make_session, measure_latency, run_batched
 from onnxcompress.errors import DataError, ModelError
 from onnxcompress.passes import Plan, apply_plan
@@ -41,13 +41,6 @@ def preprocess_for(
 ) -> Preprocess:
     """The model's preprocessing (its metadata, else x/255 in RGB order) with explicit overrides."""
     return Preprocess.from_model(model).overridden(scale, mean, std, bgr)
-
-
-def num_classes(model: onnx.ModelProto) -> int | None:
-    dims = model.graph.output[0].type.tensor_type.shape.dim
-    if len(dims) >= 2 and dims[1].HasField("dim_value"):
-        return int(dims[1].dim_value)
-    return None
 
 
 def read_data(

@@ -177,13 +177,15 @@ def load_input_model(path, args, data=None):
     """Reads a model given on the command line. A model whose input leaves height/width symbolic
     is pinned to --input-size, else to the size of the `.npz` images in `data` (with a note)."""
     from onnxcompress.compiler.data import dynamic_spatial, image_size_of, input_layout, pin_input_size
-    from onnxcompress.compiler.onnx_io import load_model
+    from onnxcompress.compiler.onnx_io import load_model, validate_classifier
     from onnxcompress.errors import ModelError
 
     model = load_model(path)
     size = getattr(args, "input_size", None)
     if not dynamic_spatial(model):
-        return model if size is None else pin_input_size(model, *size)  # checks that it agrees
+        model = model if size is None else pin_input_size(model, *size)  # checks that it agrees
+        validate_classifier(model)  # before any data is read: its errors would be about the wrong thing
+        return model
     if size is None and data is not None:
         size = image_size_of(data, input_layout(model))
         if size is not None:
@@ -191,7 +193,9 @@ def load_input_model(path, args, data=None):
                   f"--data images (--input-size HxW to choose)", file=sys.stderr)
     if size is None:
         raise ModelError(f"{Path(path).name} has a dynamic input height/width; give --input-size HxW, the size it will run at")
-    return pin_input_size(model, *size)
+    model = pin_input_size(model, *size)
+    validate_classifier(model)
+    return model
 
 
 def preprocess_from_args(args, model):
