@@ -65,8 +65,18 @@ def plan_for(draw, model):
         unit = draw(st.sampled_from(a.removable))
         steps.append({"pass": "remove", "block": unit.id})
         removed = set(unit.nodes)
-    # a legal plan does not prune a group whose every producer was just removed
-    prunable = [g for g in a.groups if g.prunable and set(g.producers) - removed]
+    # a legal plan does not prune a group whose every producer was just removed, nor one that the
+    # removal coupled to a frozen group (a shortcut that now joins a grouped conv's channels: the
+    # plan is then refused with a PlanError, as the search never proposes it)
+    after = a
+    if removed:
+        after = analyze(import_graph(apply_plan(model, Plan.from_json({"passes": steps}))))
+
+    def still_prunable(g) -> bool:
+        kept = set(g.producers) - removed
+        return bool(kept) and all((h := after.group_of_node(p)) is not None and h.prunable for p in kept)
+
+    prunable = [g for g in a.groups if g.prunable and still_prunable(g)]
     if prunable:
         if draw(st.booleans()):
             steps.append({"pass": "prune_channels", "ratio": draw(st.floats(0.0, 0.9))})
