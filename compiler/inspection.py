@@ -7,6 +7,7 @@ from typing import Any
 
 import onnx
 
+from onnxcompress.compiler import binary_head
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.ir import Analysis, analyze
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, opset_of
@@ -43,7 +44,7 @@ def inspect_model(name: str, original: onnx.ModelProto, canonical: onnx.ModelPro
         "model": name,
         "opset": opset_of(original),
         "inputs": [_value_info(i) for i in original.graph.input if i.name not in inits],
-        "outputs": [_value_info(o) for o in original.graph.output],
+        "outputs": [_value_info(o) for o in binary_head.restore_single_score(original).graph.output],  # as the user's file has them
         "macs": cost.macs,
         "params": cost.params,
         "size_bytes": original.ByteSize(),
@@ -53,6 +54,7 @@ def inspect_model(name: str, original: onnx.ModelProto, canonical: onnx.ModelPro
         "quantizable": list(analysis.quantizable),
         "frozen": [{"what": f.what, "reason": f.reason} for f in analysis.frozen],
         "quantized_weights": quantized_weights(original) if is_quantized(original) else None,
+        "binary_head": binary_head.recorded(original),
     }
     return doc, analysis
 
@@ -68,6 +70,9 @@ def format_inspection(doc: dict[str, Any], analysis: Analysis) -> str:
         "  outputs: " + ", ".join(f"{o['name']} {o['shape']} {o['dtype']}" for o in doc["outputs"]),
         f"  MACs {doc['macs']:,}   params {doc['params']:,}   size {doc['size_bytes']:,} bytes",
     ]
+    if doc.get("binary_head") is not None:
+        lines.append(f"  binary classifier with a single score ({doc['binary_head']}): compressed as two classes, logits [0, z]; "
+                     "students keep the single score")
     if doc.get("quantized_weights") is not None:
         stored = ", ".join(f"{n} {kind}" for kind, n in doc["quantized_weights"].items()) or "none"
         lines.append(f"  quantized (QDQ): weights stored as {stored}; channel, layer and class passes need the float model")

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from onnxcompress import interrupts
+from onnxcompress.compiler.binary_head import restore_single_score
 from onnxcompress.compiler.config import CompressConfig, Target, parse_int_list
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, load_data
@@ -644,7 +645,7 @@ def compress_command(args) -> int:
     report = result.report
     with interrupts.committing():
         for s, out in zip(result.students, outputs):
-            save_model_atomic(s.model, out)
+            save_model_atomic(restore_single_score(s.model), out)
             students.append(out)
         report = replace(report, students=tuple(replace(r, output=str(o)) for r, o in zip(report.students, students)))
         if report_path is not None:
@@ -689,7 +690,7 @@ def finetune_command(args) -> int:
     with interruptible():
         tuned, result = finetune(student, teacher, train, val, config, checkpoint_dir=ckpt, progress=not args.quiet)
     with interrupts.committing():
-        save_model_atomic(preprocess.stamp(tuned), out)
+        save_model_atomic(restore_single_score(preprocess.stamp(tuned)), out)
         import shutil
 
         shutil.rmtree(ckpt, ignore_errors=True)

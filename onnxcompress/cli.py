@@ -177,15 +177,14 @@ def load_input_model(path, args, data=None):
     """Reads a model given on the command line. A model whose input leaves height/width symbolic
     is pinned to --input-size, else to the size of the `.npz` images in `data` (with a note)."""
     from onnxcompress.compiler.data import dynamic_spatial, image_size_of, input_layout, pin_input_size
-    from onnxcompress.compiler.onnx_io import load_model, validate_classifier
+    from onnxcompress.compiler.onnx_io import load_model
     from onnxcompress.errors import ModelError
 
     model = load_model(path)
     size = getattr(args, "input_size", None)
     if not dynamic_spatial(model):
         model = model if size is None else pin_input_size(model, *size)  # checks that it agrees
-        validate_classifier(model)  # before any data is read: its errors would be about the wrong thing
-        return model
+        return _classifier(model)
     if size is None and data is not None:
         size = image_size_of(data, input_layout(model))
         if size is not None:
@@ -193,7 +192,18 @@ def load_input_model(path, args, data=None):
                   f"--data images (--input-size HxW to choose)", file=sys.stderr)
     if size is None:
         raise ModelError(f"{Path(path).name} has a dynamic input height/width; give --input-size HxW, the size it will run at")
-    model = pin_input_size(model, *size)
+    return _classifier(pin_input_size(model, *size))
+
+
+def _classifier(model):
+    """A single-score (sigmoid) binary classifier is seen as two classes (restored on output:
+    compiler/binary_head.py); then validated before any data is read (its errors would otherwise
+    be about the wrong thing)."""
+    from onnxcompress.compiler import binary_head
+    from onnxcompress.compiler.onnx_io import validate_classifier
+
+    if binary_head.is_single_score(model):
+        model = binary_head.two_class_view(model)
     validate_classifier(model)
     return model
 
@@ -223,6 +233,7 @@ def cmd_inspect(args) -> int:
 
 def cmd_apply(args) -> int:
     from onnxcompress import api
+    from onnxcompress.compiler.binary_head import restore_single_score
     from onnxcompress.compiler.onnx_io import save_model_atomic
     from onnxcompress.passes import Plan
 
@@ -232,7 +243,7 @@ def cmd_apply(args) -> int:
     preprocess = preprocess_from_args(args, original)
     student = api.apply(original, plan, data=args.data, preprocess=preprocess, seed=args.seed)
     with interrupts.committing():
-        save_model_atomic(student, out)
+        save_model_atomic(restore_single_score(student), out)
     from onnxcompress.compiler.cost import model_cost
 
     before, after = model_cost(api.load(original)), model_cost(student)

@@ -70,9 +70,9 @@ def files(tmp_path_factory):
     dims[2].dim_param, dims[3].dim_param = "H", "W"
     del dyn.graph.value_info[:]
     (d / "dynamic.onnx").write_bytes(dyn.SerializeToString())
-    g = GraphBuilder(seed=0)
-    binary = g.build(g.node("Sigmoid", [g.head(g.relu(g.conv("x", 3, 8)), 8, classes=1)]))
-    (d / "binary.onnx").write_bytes(binary.SerializeToString())
+    g = GraphBuilder(seed=0)  # a single sigmoid score from a 1x1 conv head: not widened to two classes
+    score = g.node("Flatten", [g.node("GlobalAveragePool", [g.conv(g.relu(g.conv("x", 3, 8)), 8, 1, k=1, pads=[0, 0, 0, 0])])], axis=1)
+    (d / "binary.onnx").write_bytes(g.build(g.node("Sigmoid", [score])).SerializeToString())
     np.savez(d / "binary.npz", x=np.zeros((4, 8, 8, 3), np.uint8), y=np.array([0, 1, 1, 0]))
     (d / "plan.json").write_text(json.dumps({"passes": [{"pass": "prune_channels", "ratio": 0.5}]}))
     (d / "plan_badid.json").write_text(json.dumps({"passes": [{"pass": "prune_channels", "group": "g77", "keep": 2}]}))
@@ -97,8 +97,8 @@ CASES = [
     ("external data missing", ["inspect", "{d}/external_missing.onnx"], 3, "missing"),
     ("several outputs", ["inspect", "{d}/two_outputs.onnx"], 3, "2 outputs"),
     ("dynamic spatial size", ["inspect", "{d}/dynamic.onnx"], 3, "dynamic input height/width; give --input-size"),
-    ("single sigmoid score", ["inspect", "{d}/binary.onnx"], 3, "single output score per sample"),
-    ("single score, labels 0/1", ["eval", "{d}/binary.onnx", "--data", "{d}/binary.npz"], 3, "export the head with 2 outputs"),
+    ("single score, unsupported head", ["inspect", "{d}/binary.onnx"], 3, "cannot widen to two classes"),
+    ("single score, labels 0/1", ["eval", "{d}/binary.onnx", "--data", "{d}/binary.npz"], 3, "export it with 2 outputs"),
     ("no conv or gemm", ["apply", "{d}/noconv.onnx", "{d}/plan.json", "-o", "{d}/out.onnx"], 3, "no Conv"),
     ("unknown pass", ["apply", "{d}/model.onnx", "{d}/plan_badpass.json", "-o", "{d}/out.onnx"], 5, "unknown pass"),
     ("unknown group id", ["apply", "{d}/model.onnx", "{d}/plan_badid.json", "-o", "{d}/out.onnx"], 5, "unknown group"),
