@@ -184,7 +184,7 @@ def load_input_model(path, args, data=None):
     size = getattr(args, "input_size", None)
     if not dynamic_spatial(model):
         model = model if size is None else pin_input_size(model, *size)  # checks that it agrees
-        return _classifier(model)
+        return _classifier(model, args)
     if size is None and data is not None:
         size = image_size_of(data, input_layout(model))
         if size is not None:
@@ -192,10 +192,10 @@ def load_input_model(path, args, data=None):
                   f"--data images (--input-size HxW to choose)", file=sys.stderr)
     if size is None:
         raise ModelError(f"{Path(path).name} has a dynamic input height/width; give --input-size HxW, the size it will run at")
-    return _classifier(pin_input_size(model, *size))
+    return _classifier(pin_input_size(model, *size), args)
 
 
-def _classifier(model):
+def _classifier(model, args):
     """A single-score (sigmoid) binary classifier is seen as two classes (restored on output:
     compiler/binary_head.py); then validated before any data is read (its errors would otherwise
     be about the wrong thing)."""
@@ -203,6 +203,8 @@ def _classifier(model):
     from onnxcompress.compiler.onnx_io import validate_classifier
 
     if binary_head.is_single_score(model):
+        if getattr(args, "classes", None):
+            raise UsageError("--classes does not apply to a binary classifier with a single score (it has no classes to keep)")
         model = binary_head.two_class_view(model)
     validate_classifier(model)
     return model

@@ -127,3 +127,12 @@ def test_commands_on_a_sigmoid_classifier(tmp_path):
     assert s.shape == (200, 1) and ((s > 0) & (s < 1)).all()
     r = cli("eval", str(tuned), "--data", str(tmp_path / "d.npz"), "--teacher", str(tmp_path / "t.onnx"))
     assert r.returncode == 0 and "agreement with teacher" in r.stdout, r.stderr
+
+
+def test_classes_option_on_a_single_score_model_is_refused(tmp_path):
+    (tmp_path / "t.onnx").write_bytes(binary().SerializeToString())
+    np.savez(tmp_path / "d.npz", x=np.zeros((8, 8, 8, 3), np.uint8), y=np.array([0, 1] * 4))
+    out = tmp_path / "s.onnx"
+    r = cli(str(tmp_path / "t.onnx"), "--data", str(tmp_path / "d.npz"), "--target", "macs=0.5", "--classes", "1", "-o", str(out))
+    assert r.returncode == 2 and not out.exists()
+    assert r.stderr.strip().splitlines() == ["error: --classes does not apply to a binary classifier with a single score (it has no classes to keep)"]
