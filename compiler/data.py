@@ -164,21 +164,31 @@ def pin_input_size(model: onnx.ModelProto, height: int, width: int) -> onnx.Mode
     return pinned
 
 
-def image_size_of(path: str | Path, layout: Layout) -> tuple[int, int] | None:
-    """Height and width of the images in an `.npz` (read from the array header, without loading
-    the data); None for image folders, unreadable files or arrays that are not image batches."""
+def npz_images_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype of the image array of an `.npz`, read from its header without loading the
+    data; None for folders and unreadable files."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
         with zipfile.ZipFile(path) as archive:
             x_key, _ = npz_keys([n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")], path)
-        with zipfile.ZipFile(path) as archive, archive.open(f"{x_key}.npy") as fh:
-            version = np.lib.format.read_magic(fh)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(fh)
+            with archive.open(f"{x_key}.npy") as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(fh)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, DataError):
         return None
+    return tuple(int(v) for v in shape), np.dtype(dtype)
+
+
+def image_size_of(path: str | Path, layout: Layout) -> tuple[int, int] | None:
+    """Height and width of the images in an `.npz` (read from the array header, without loading
+    the data); None for image folders, unreadable files or arrays that are not image batches."""
+    header = npz_images_header(path)
+    if header is None:
+        return None
+    shape, dtype = header
     if dtype == np.uint8 and len(shape) in (3, 4):  # N,H,W[,C] images
         return int(shape[1]), int(shape[2])
     if len(shape) == 4:  # float arrays already in the model's layout

@@ -600,7 +600,7 @@ def _outputs_for(args, model_path: Path, n_targets: int) -> list[Path]:
 
 
 def compress_command(args) -> int:
-    from onnxcompress.cli import load_input_model
+    from onnxcompress.cli import load_input_model, preprocessing_note
 
     model_path = Path(args.model)
     targets = [Target.parse(t) for t in args.target]
@@ -611,6 +611,8 @@ def compress_command(args) -> int:
 
         report_path = check_output_path(args.report, [model_path])
     original = load_input_model(model_path, args, args.data)
+    if not args.classes:
+        preprocessing_note(args, original, args.data)
     ckpt = Path(str(outputs[0]) + ".checkpoint")
     if ckpt.exists() and not args.resume:
         import shutil

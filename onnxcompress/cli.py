@@ -210,6 +210,19 @@ def _classifier(model, args):
     return model
 
 
+def preprocessing_note(args, model, data) -> None:
+    """When the user chose no preprocessing and the model records none, says so if another usual
+    convention makes the model clearly more accurate on the data (compiler/preprocess_probe.py)."""
+    from onnxcompress.compiler.data import Preprocess
+    from onnxcompress.compiler.preprocess_probe import suggest
+
+    if any(getattr(args, k, None) is not None for k in ("scale", "mean", "std", "bgr")) or Preprocess.recorded_in(model):
+        return
+    note = suggest(model, data, Preprocess.from_model(model))
+    if note:
+        print(note, file=sys.stderr, flush=True)
+
+
 def preprocess_from_args(args, model):
     """The model's preprocessing with the --scale/--mean/--std/--bgr of a command."""
     from onnxcompress.api import preprocess_for
@@ -261,6 +274,8 @@ def cmd_eval(args) -> int:
     teacher = load_input_model(args.teacher, args, args.data) if args.teacher else None
     classes = parse_int_list(args.classes, "--classes") if args.classes else None
     ds = api.read_data(args.data, model, preprocess_from_args(args, model), limit=args.limit)
+    if not classes:
+        preprocessing_note(args, model, args.data)
     result = api.evaluate(model, ds, teacher=teacher, classes=classes)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
