@@ -23,7 +23,7 @@ One run, one teacher, the same data, seed and fine-tune budget for every row, at
   JPEG-decoded, so fine-tuning alone adapts the teacher to JPEG; this row separates that gain from
   what compression costs.
 
-Fine-tuning: `compiler.trainer.finetune` with the recipe `compress` uses (pipeline._finetune_config:
+Fine-tuning: `compiler.trainer.finetune` with the recipe `compress` uses (pipeline.finetune_config:
 AdamW, KD hinton+attention), E epochs (5 full, 1 quick), early stopping on 1000 images held out of
 cifar10_train10k_jpeg.npz (9000 train). The test set (all 10,000 CIFAR-10 JPEG test images; 2000 in
 quick mode) is only ever measured, never used to choose anything: the "best agent" is the one with
@@ -235,9 +235,9 @@ def _zoo_from_onnx(arch: str, path: Path):
 
 def _finetune_config(epochs: int, seed: int):
     # exactly the recipe compress() fine-tunes with, so that only the pruning decision differs
-    from onnxcompress.compiler.pipeline import _finetune_config
+    from onnxcompress.compiler.pipeline import finetune_config
 
-    return _finetune_config(epochs, seed, None)
+    return finetune_config(epochs, seed, None)
 
 
 def _finetune(task: Task, student: onnx.ModelProto, epochs: int, seed: int) -> tuple[onnx.ModelProto, float, float | None]:

@@ -1,6 +1,6 @@
 """The end-to-end pipeline: teacher -> search -> plan replay -> KD fine-tuning -> (quantization)
--> export + report. `compress()` is the Python API behind `onnxcompress compress`; the CLI
-commands at the bottom are thin wrappers around it.
+-> export + report. `compress()` is the Python API behind `onnxcompress compress` (the command
+itself, which reads the files and writes the outputs, is in onnxcompress/commands.py).
 
 Data flow (DESIGN.md): the teacher is canonicalised once; with --classes its head is cut first
 (subset_classes), so the whole search optimises the specialised task; the search evaluates plans
@@ -17,20 +17,18 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
 
-from onnxcompress import interrupts
-from onnxcompress.compiler.binary_head import restore_single_score
-from onnxcompress.compiler.config import CompressConfig, Target, parse_int_list
+from onnxcompress.compiler.config import CompressConfig, Target
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, load_data
 from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.kd import KDConfig
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, load_model, num_classes, save_model_atomic
-from onnxcompress.compiler.report import ModelMetrics, RunReport, StudentReport, summary_table, write_report
+from onnxcompress.compiler.report import ModelMetrics, RunReport, StudentReport
 from onnxcompress.compiler.runtime import Latency, compare_latency, make_session, measure_latency, run_batched
 from onnxcompress.compiler.trainer import FinetuneConfig, finetune
 from onnxcompress.errors import DataError, ModelError, UsageError
@@ -169,7 +167,7 @@ def _default_agent(target: Target) -> str:
     return "ddpg" if structural else "haq"
 
 
-def _finetune_config(epochs: int, seed: int, classes: tuple[int, ...] | None) -> FinetuneConfig:
+def finetune_config(epochs: int, seed: int, classes: tuple[int, ...] | None) -> FinetuneConfig:
     # the trainer's defaults (AdamW, small lr) are deliberate: SGD at 0.01 wrecks models fed raw
     # 0..255 pixels (MLPerf ResNet-8: 77 % -> 28 % in one epoch), AdamW is scale-invariant
     return FinetuneConfig(epochs=epochs, seed=seed, kd=KDConfig(kinds=("hinton", "attention")), teacher_classes=classes)
@@ -265,7 +263,7 @@ def compress(
                 teacher,
                 job.train,
                 job.val,
-                _finetune_config(config.finetune_epochs, config.seed, config.classes),
+                finetune_config(config.finetune_epochs, config.seed, config.classes),
                 checkpoint_dir=ckpt,
                 progress=progress,
             )
@@ -413,7 +411,7 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
     choices, probes = [], []
     probe_start = time.perf_counter()
     # probes only run with several families, which need fine-tuning (epochs >= 1)
-    ft_config = _finetune_config(config.finetune_epochs, config.seed, config.classes) if config.finetune_epochs > 0 else None
+    ft_config = finetune_config(config.finetune_epochs, config.seed, config.classes) if config.finetune_epochs > 0 else None
     for k, tgt in enumerate(config.targets):
         options = [(removed, r.best[k]) for removed, r in results if r.best[k].plan is not None]
         if baseline is not None and baseline.best[k].plan is not None:
@@ -578,157 +576,3 @@ def small_validation_note(samples: int, max_drop: float) -> str | None:
 def _say(progress: bool, text: str) -> None:
     if progress:
         print(text, file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI commands (thin)
-# ----------------------------------------------------------------------------------------------
-
-
-def _preprocess_args(args, model: onnx.ModelProto) -> Preprocess:
-    from onnxcompress.cli import preprocess_from_args
-
-    return preprocess_from_args(args, model)
-
-
-def _outputs_for(args, model_path: Path, n_targets: int) -> list[Path]:
-    from onnxcompress.cli import check_output_path
-
-    first = Path(args.output) if args.output else model_path.with_name(model_path.stem + ".compressed.onnx")
-    outs = [first] + [first.with_name(f"{first.stem}.{i + 1}{first.suffix}") for i in range(1, n_targets)]
-    return [check_output_path(o, [model_path]) for o in outs]
-
-
-def compress_command(args) -> int:
-    from onnxcompress.cli import load_input_model, preprocessing_note
-
-    model_path = Path(args.model)
-    targets = [Target.parse(t) for t in args.target]
-    outputs = _outputs_for(args, model_path, len(targets))
-    report_path = None
-    if args.report:
-        from onnxcompress.cli import check_output_path
-
-        report_path = check_output_path(args.report, [model_path])
-    original = load_input_model(model_path, args, args.data)
-    if not args.classes:
-        preprocessing_note(args, original, args.data)
-    ckpt = Path(str(outputs[0]) + ".checkpoint")
-    if ckpt.exists() and not args.resume:
-        import shutil
-
-        shutil.rmtree(ckpt, ignore_errors=True)
-    ckpt.mkdir(exist_ok=True)
-    with interruptible():
-        result = compress(
-            original,
-            args.data,
-            targets,
-            val_data=args.val_data,
-            max_drop=args.max_drop,
-            classes=parse_int_list(args.classes, "--classes") if args.classes else None,
-            agent=args.agent,
-            episodes=args.episodes,
-            finetune_epochs=args.finetune_epochs,
-            seed=args.seed,
-            workers=args.workers,
-            executor=args.executor,
-            ray_address=args.ray_address,
-            preprocess=_preprocess_args(args, original),
-            checkpoint_dir=ckpt,
-            progress=not args.quiet,
-            save_policy=args.save_policy,
-            load_policy=args.load_policy,
-            name=model_path.name,
-            families=args.families,
-            channel_multiple=args.channel_multiple,
-        )
-    students = []
-    report = result.report
-    with interrupts.committing():
-        for s, out in zip(result.students, outputs):
-            save_model_atomic(restore_single_score(s.model), out)
-            students.append(out)
-        report = replace(report, students=tuple(replace(r, output=str(o)) for r, o in zip(report.students, students)))
-        if report_path is not None:
-            write_report(report, report_path)
-        import shutil
-
-        shutil.rmtree(ckpt, ignore_errors=True)
-    print(summary_table(report))
-    for s, out in zip(result.students, students):
-        print(f"wrote {out}: {s.note}")
-    if report_path is not None:
-        print(f"report: {report_path} (+ .md, .png)")
-    return 0 if all(s.feasible for s in result.students) else 0
-
-
-def finetune_command(args) -> int:
-    from onnxcompress.cli import check_output_path, load_input_model
-
-    out = check_output_path(args.output, [args.model, args.teacher])
-    student = load_input_model(args.model, args, args.data)
-    teacher_model = load_input_model(args.teacher, args, args.data)
-    teacher = canonicalize(teacher_model)
-    # teacher and student read the same inputs: those the student was built for (apply, compress
-    # and finetune record them), else the teacher's; flags override either
-    preprocess = _preprocess_args(args, student if Preprocess.recorded_in(student) else teacher_model)
-    classes = parse_int_list(args.classes, "--classes") if args.classes else None
-    spec = InputSpec.from_model(teacher)
-    n = num_classes(teacher)
-    train = load_data(args.data, spec, preprocess, classes=classes, num_classes=n)
-    val = load_data(args.val_data, spec, preprocess, classes=classes, num_classes=n) if args.val_data else None
-    kinds = tuple(k.strip() for k in args.kd.split(",") if k.strip())
-    config = replace(
-        _finetune_config(args.epochs, args.seed, classes),
-        kd=KDConfig(kinds=kinds),
-    )
-    ckpt = Path(str(out) + ".checkpoint")
-    if ckpt.exists() and not args.resume:
-        import shutil
-
-        shutil.rmtree(ckpt, ignore_errors=True)
-    ckpt.mkdir(exist_ok=True)
-    with interruptible():
-        tuned, result = finetune(student, teacher, train, val, config, checkpoint_dir=ckpt, progress=not args.quiet)
-    with interrupts.committing():
-        save_model_atomic(restore_single_score(preprocess.stamp(tuned)), out)
-        import shutil
-
-        shutil.rmtree(ckpt, ignore_errors=True)
-    best = "n/a" if result.best_val_accuracy is None else f"{100 * result.best_val_accuracy:.2f}%"
-    start = "n/a" if result.initial_val_accuracy is None else f"{100 * result.initial_val_accuracy:.2f}%"
-    print(f"wrote {out}: validation top-1 {start} -> {best} after {result.epochs_run} epochs ({result.wall_s:.1f} s)")
-    return 0
-
-
-def demo_command(args) -> int:
-    from onnxcompress.models.demo import demo_data_paths, demo_teacher_path
-
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    teacher_path = demo_teacher_path()
-    train_path, test_path = demo_data_paths()
-    print(f"onnxcompress demo: bundled Fashion-MNIST teacher {teacher_path.name}, compressing to ~1/3 of its MACs", file=sys.stderr)
-    with interruptible():
-        result = compress(
-            teacher_path,
-            train_path,
-            "macs=0.33",
-            val_data=test_path,
-            max_drop=1.0,
-            agent=None,
-            episodes=8 if args.quick else None,
-            finetune_epochs=1 if args.quick else 6,
-            seed=args.seed,
-            progress=True,
-            name="demo_teacher.onnx",
-        )
-    with interrupts.committing():
-        student_path = save_model_atomic(result.model, out_dir / "student.onnx")
-        report = replace(result.report, students=tuple(replace(r, output=str(student_path)) for r in result.report.students))
-        jp, md, png = write_report(report, out_dir / "report.json")
-    print(summary_table(report))
-    print(f"\nwrote {student_path}, {jp}, {md}, {png}")
-    print(result.students[0].note)
-    return 0

@@ -1,14 +1,12 @@
-"""The `onnxcompress` command line (DESIGN.md's contract). Thin: parses and validates options,
-calls onnxcompress.api, prints. Errors are one line on stderr with a distinct exit status; a
-traceback only with --debug."""
+"""The `onnxcompress` command line (DESIGN.md's contract). Thin: parses and validates options and
+runs the command of onnxcompress/commands.py. Errors are one line on stderr with a distinct exit
+status; a traceback only with --debug; Ctrl-C/SIGTERM end cleanly (onnxcompress/interrupts.py)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from onnxcompress import interrupts
@@ -157,173 +155,6 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     return argv
 
 
-def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> Path:
-    """-o must not be an input and its folder must exist (checked before any work starts)."""
-    out = Path(output)
-    for inp in inputs:
-        if inp is not None and Path(inp).exists() and out.exists() and out.resolve() == Path(inp).resolve():
-            raise UsageError(f"-o {out} is the input file; refusing to overwrite the input model")
-        if inp is not None and out.resolve() == Path(inp).resolve():
-            raise UsageError(f"-o {out} is the input file; refusing to overwrite the input model")
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise UsageError(f"output folder '{folder}' does not exist; create it first")
-    if out.is_dir():
-        raise UsageError(f"-o {out} is a directory; give a file name like {out / 'student.onnx'}")
-    return out
-
-
-def load_input_model(path, args, data=None):
-    """Reads a model given on the command line. A model whose input leaves height/width symbolic
-    is pinned to --input-size, else to the size of the `.npz` images in `data` (with a note)."""
-    from onnxcompress.compiler.data import dynamic_spatial, image_size_of, input_layout, pin_input_size
-    from onnxcompress.compiler.onnx_io import load_model
-    from onnxcompress.errors import ModelError
-
-    model = load_model(path)
-    size = getattr(args, "input_size", None)
-    if not dynamic_spatial(model):
-        model = model if size is None else pin_input_size(model, *size)  # checks that it agrees
-        return _classifier(model, args)
-    if size is None and data is not None:
-        size = image_size_of(data, input_layout(model))
-        if size is not None:
-            print(f"note: {Path(path).name} has a dynamic input height/width; using {size[0]}x{size[1]}, the size of the "
-                  f"--data images (--input-size HxW to choose)", file=sys.stderr)
-    if size is None:
-        raise ModelError(f"{Path(path).name} has a dynamic input height/width; give --input-size HxW, the size it will run at")
-    return _classifier(pin_input_size(model, *size), args)
-
-
-def _classifier(model, args):
-    """A single-score (sigmoid) binary classifier is seen as two classes (restored on output:
-    compiler/binary_head.py); then validated before any data is read (its errors would otherwise
-    be about the wrong thing)."""
-    from onnxcompress.compiler import binary_head
-    from onnxcompress.compiler.onnx_io import validate_classifier
-
-    if binary_head.is_single_score(model):
-        if getattr(args, "classes", None):
-            raise UsageError("--classes does not apply to a binary classifier with a single score (it has no classes to keep)")
-        model = binary_head.two_class_view(model)
-    validate_classifier(model)
-    return model
-
-
-def preprocessing_note(args, model, data) -> None:
-    """When the user chose no preprocessing and the model records none, says so if another usual
-    convention makes the model clearly more accurate on the data (compiler/preprocess_probe.py)."""
-    from onnxcompress.compiler.data import Preprocess
-    from onnxcompress.compiler.preprocess_probe import suggest
-
-    if any(getattr(args, k, None) is not None for k in ("scale", "mean", "std", "bgr")) or Preprocess.recorded_in(model):
-        return
-    note = suggest(model, data, Preprocess.from_model(model))
-    if note:
-        print(note, file=sys.stderr, flush=True)
-
-
-def preprocess_from_args(args, model):
-    """The model's preprocessing with the --scale/--mean/--std/--bgr of a command."""
-    from onnxcompress.api import preprocess_for
-    from onnxcompress.compiler.config import parse_float_list
-
-    return preprocess_for(
-        model,
-        scale=args.scale,
-        mean=None if args.mean is None else parse_float_list(args.mean, "--mean"),
-        std=None if args.std is None else parse_float_list(args.std, "--std"),
-        bgr=args.bgr,
-    )
-
-
-def cmd_inspect(args) -> int:
-    from onnxcompress.compiler.inspection import format_inspection, inspect_model
-
-    original = load_input_model(args.model, args)
-    doc, analysis = inspect_model(Path(args.model).name, original)
-    print(json.dumps(doc, indent=1) if args.json else format_inspection(doc, analysis))
-    return 0
-
-
-def cmd_apply(args) -> int:
-    from onnxcompress import api
-    from onnxcompress.compiler.binary_head import restore_single_score
-    from onnxcompress.compiler.onnx_io import save_model_atomic
-    from onnxcompress.passes import Plan
-
-    out = check_output_path(args.output, [args.model, args.plan])
-    plan = Plan.load(args.plan)
-    original = load_input_model(args.model, args, args.data)
-    preprocess = preprocess_from_args(args, original)
-    student = api.apply(original, plan, data=args.data, preprocess=preprocess, seed=args.seed)
-    with interrupts.committing():
-        save_model_atomic(restore_single_score(student), out)
-    from onnxcompress.compiler.cost import model_cost
-
-    before, after = model_cost(api.load(original)), model_cost(student)
-    print(f"wrote {out}: MACs {after.macs:,} ({after.macs / max(before.macs, 1):.3f}x), params {after.params:,} ({after.params / max(before.params, 1):.3f}x), {after.size_bytes:,} bytes")
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from onnxcompress import api
-    from onnxcompress.compiler.config import parse_int_list
-
-    model = load_input_model(args.model, args, args.data)
-    teacher = load_input_model(args.teacher, args, args.data) if args.teacher else None
-    classes = parse_int_list(args.classes, "--classes") if args.classes else None
-    ds = api.read_data(args.data, model, preprocess_from_args(args, model), limit=args.limit)
-    if not classes:
-        preprocessing_note(args, model, args.data)
-    result = api.evaluate(model, ds, teacher=teacher, classes=classes)
-    if args.json:
-        print(json.dumps(result.to_json(), indent=1))
-    else:
-        acc = "n/a (no labels)" if result.accuracy is None else f"{100 * result.accuracy:.2f}%"
-        print(f"{args.model}: top-1 {acc} on {result.samples} samples")
-        if result.agreement is not None:
-            print(f"  agreement with teacher: {100 * result.agreement:.2f}%")
-        print(f"  MACs {result.macs:,}  params {result.params:,}  size {result.size_bytes:,} bytes")
-        print(f"  onnxruntime latency: batch 1 {result.latency_ms.batch1:.3f} ms, batch 32 {result.latency_ms.batch32:.3f} ms")
-    return 0
-
-
-def cmd_finetune(args) -> int:
-    from onnxcompress.compiler.pipeline import finetune_command
-
-    return finetune_command(args)
-
-
-def cmd_compress(args) -> int:
-    from onnxcompress.compiler.config import Target, parse_int_list
-
-    # validate the cheap things before importing the heavy pipeline (torch): bad options fail fast
-    for t in args.target:
-        Target.parse(t)
-    if args.classes:
-        parse_int_list(args.classes, "--classes")
-    from onnxcompress.compiler.pipeline import compress_command
-
-    return compress_command(args)
-
-
-def cmd_demo(args) -> int:
-    from onnxcompress.compiler.pipeline import demo_command
-
-    return demo_command(args)
-
-
-HANDLERS = {
-    "compress": cmd_compress,
-    "inspect": cmd_inspect,
-    "apply": cmd_apply,
-    "finetune": cmd_finetune,
-    "eval": cmd_eval,
-    "demo": cmd_demo,
-}
-
-
 def entry() -> None:
     """The console script and `python -m onnxcompress`: run the command and end the process
     (signals stay handled until the very end: see onnxcompress/interrupts.py)."""
@@ -357,6 +188,8 @@ def _run(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = None
     try:
+        from onnxcompress.commands import HANDLERS
+
         args = parser.parse_args(_normalise_argv(argv))
         if args.command is None:
             parser.print_help()
