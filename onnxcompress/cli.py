@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("apply", help="replay a plan on a model")
     p.add_argument("model")
-    p.add_argument("plan")
+    p.add_argument("plan", help="a plan (.json), or a compress --report file (its student's plan)")
+    p.add_argument("--student", type=int, default=None, help="with a report of several students: which one (from 1)")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--data", default=None, help="calibration images for data-driven passes")
     p.add_argument("--seed", type=int, default=0)

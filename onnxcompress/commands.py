@@ -114,7 +114,7 @@ def cmd_apply(args) -> int:
     from onnxcompress.passes import Plan
 
     out = check_output_path(args.output, [args.model, args.plan])
-    plan = Plan.load(args.plan)
+    plan = Plan.load(args.plan, student=args.student)
     original = load_input_model(args.model, args, args.data)
     preprocess = preprocess_from_args(args, original)
     student = api.apply(original, plan, data=args.data, preprocess=preprocess, seed=args.seed)

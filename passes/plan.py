@@ -53,7 +53,9 @@ class Plan:
         return Plan(tuple(PassCall.from_json(s) for s in steps))
 
     @staticmethod
-    def load(path: str | Path) -> "Plan":
+    def load(path: str | Path, student: int | None = None) -> "Plan":
+        """A plan file, or the plan of a student in a `compress --report` file (`student`: its
+        number, from 1; needed when the report has several)."""
         p = Path(path)
         if not p.is_file():
             raise PlanError(f"plan file '{p}' does not exist")
@@ -61,10 +63,30 @@ class Plan:
             obj = json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PlanError(f"plan file '{p}' is not valid JSON ({exc.__class__.__name__} at {getattr(exc, 'lineno', '?')}:{getattr(exc, 'colno', '?')})") from None
+        if isinstance(obj, Mapping) and isinstance(obj.get("students"), list) and "passes" not in obj:
+            return Plan.from_json(_report_plan(obj["students"], p, student))
+        if student is not None:
+            raise PlanError(f"--student picks a student of a compress report; '{p}' is a plan")
         return Plan.from_json(obj)
 
     def __len__(self) -> int:
         return len(self.steps)
+
+
+def _report_plan(students: list, path: Path, student: int | None) -> Any:
+    targets = [", ".join(f"{k}={v}" for k, v in (s.get("target") or {}).items()) if isinstance(s, Mapping) else "?" for s in students]
+    if not students:
+        raise PlanError(f"report '{path}' has no students")
+    if student is None and len(students) > 1:
+        listed = "; ".join(f"{i + 1}: {t}" for i, t in enumerate(targets))
+        raise PlanError(f"report '{path}' has {len(students)} students ({listed}); choose one with --student N")
+    k = 1 if student is None else student
+    if not 1 <= k <= len(students):
+        raise PlanError(f"--student {k} is out of range: report '{path}' has {len(students)} student(s)")
+    chosen = students[k - 1]
+    if not isinstance(chosen, Mapping) or "plan" not in chosen:
+        raise PlanError(f"student {k} of report '{path}' has no plan")
+    return chosen["plan"]
 
 
 def parse_fields(obj: Mapping[str, Any], pass_name: str, allowed: Mapping[str, type | tuple]) -> dict[str, Any]:

@@ -107,6 +107,24 @@ def test_replaying_the_reported_plan_gives_the_same_architecture(job):
     assert model_cost(onnx.load(str(out))).macs == doc["student"]["macs"]
 
 
+def test_apply_reads_the_plan_of_a_report(job):
+    doc = json.loads((job / "report.json").read_text())
+    out = job / "from_report.onnx"
+    r = cli("apply", str(job / "teacher.onnx"), str(job / "report.json"), "-o", str(out), "--data", str(job / "train.npz"))
+    assert r.returncode == 0, r.stderr
+    assert model_cost(onnx.load(str(out))).macs == doc["student"]["macs"]
+    # a report of several students: the user picks one
+    two = dict(doc, students=[doc["students"][0], dict(doc["students"][0], target={"macs": 0.25}, plan={"passes": []})])
+    (job / "two.json").write_text(json.dumps(two))
+    out2 = job / "second.onnx"
+    r = cli("apply", str(job / "teacher.onnx"), str(job / "two.json"), "-o", str(out2), "--data", str(job / "train.npz"))
+    assert r.returncode == 5 and not out2.exists()
+    assert "has 2 students (1: macs=0.5; 2: macs=0.25); choose one with --student N" in r.stderr
+    r = cli("apply", str(job / "teacher.onnx"), str(job / "two.json"), "--student", "2", "-o", str(out2))
+    assert r.returncode == 0, r.stderr
+    assert model_cost(onnx.load(str(out2))).macs == doc["teacher"]["macs"]  # the empty plan
+
+
 @pytest.mark.parametrize("target,agent", [("size=0.3", "haq"), ("macs=0.5", "uniform")])
 def test_no_finetuning(job, target, agent):
     """--finetune-epochs 0: the searched plan is written as is (the HAQ quantization-only use)."""
