@@ -116,6 +116,8 @@ def cmd_apply(args) -> int:
     out = check_output_path(args.output, [args.model, args.plan])
     plan = Plan.load(args.plan, student=args.student)
     original = load_input_model(args.model, args, args.data)
+    if args.data:
+        preprocessing_note(args, original, args.data)
     preprocess = preprocess_from_args(args, original)
     student = api.apply(original, plan, data=args.data, preprocess=preprocess, seed=args.seed)
     with interrupts.committing():
@@ -249,6 +251,8 @@ def finetune_command(args) -> int:
     out = check_output_path(args.output, [args.model, args.teacher])
     student = load_input_model(args.model, args, args.data)
     teacher_model = load_input_model(args.teacher, args, args.data)
+    if not args.classes and not Preprocess.recorded_in(student):
+        preprocessing_note(args, teacher_model, args.data)
     teacher = canonicalize(teacher_model)
     # teacher and student read the same inputs: those the student was built for (apply, compress
     # and finetune record them), else the teacher's; flags override either
