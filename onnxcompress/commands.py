@@ -22,8 +22,6 @@ def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathL
     """-o must not be an input and its folder must exist (checked before any work starts)."""
     out = Path(output)
     for inp in inputs:
-        if inp is not None and Path(inp).exists() and out.exists() and out.resolve() == Path(inp).resolve():
-            raise UsageError(f"-o {out} is the input file; refusing to overwrite the input model")
         if inp is not None and out.resolve() == Path(inp).resolve():
             raise UsageError(f"-o {out} is the input file; refusing to overwrite the input model")
     folder = out.parent if str(out.parent) else Path(".")
