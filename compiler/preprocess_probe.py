@@ -64,7 +64,15 @@ def _accuracy(session, spec: InputSpec, data: str | Path, pre: Preprocess, num_c
 
 def suggest(model: onnx.ModelProto, data: str | Path, current: Preprocess) -> str | None:
     """A one-line note when another usual preprocessing makes `model` clearly more accurate on the
-    labelled images of `data` than `current`; None otherwise (no labels, float data, nothing better)."""
+    labelled images of `data` than `current`; None otherwise (no labels, float data, nothing better).
+    Advisory only: a model or data it cannot run is left to the command's own checks."""
+    try:
+        return _suggest(model, data, current)
+    except Exception:  # noqa: BLE001 - the command itself reports what is wrong with its inputs
+        return None
+
+
+def _suggest(model: onnx.ModelProto, data: str | Path, current: Preprocess) -> str | None:
     from onnxcompress.compiler.onnx_io import dynamic_batch, num_classes
     from onnxcompress.compiler.runtime import make_session
 
