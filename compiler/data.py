@@ -539,7 +539,7 @@ def _check_memory(n: int, spec: InputSpec, max_bytes: int) -> None:
 
 def _to_model_input(x: np.ndarray, spec: InputSpec, preprocess: Preprocess, path: Path) -> np.ndarray:
     if x.dtype == np.uint8:
-        return _images_to_input(x, spec, preprocess, path)
+        return images_to_input(x, spec, preprocess, path)
     if np.issubdtype(x.dtype, np.floating):
         if tuple(x.shape[1:]) != spec.sample_shape:
             raise DataError(
@@ -554,7 +554,7 @@ def _to_model_input(x: np.ndarray, spec: InputSpec, preprocess: Preprocess, path
     raise DataError(f"{path}: x has dtype {x.dtype}; expected uint8 images or a float array")
 
 
-def _images_to_input(x: np.ndarray, spec: InputSpec, preprocess: Preprocess, path: Path) -> np.ndarray:
+def images_to_input(x: np.ndarray, spec: InputSpec, preprocess: Preprocess, path: Path | str = "images") -> np.ndarray:
     """uint8 N,H,W[,C] pixels -> preprocessed float32 in the model's layout."""
     if x.ndim == 3:
         x = x[..., None]
@@ -617,7 +617,7 @@ def _load_folder(
     for i, (_, file) in enumerate(files):
         x[i] = _read_image(file, mode, spec)
     y = np.asarray([label for label, _ in files], np.int64)
-    return Dataset(x=_images_to_input(x, spec, preprocess, root), y=y)
+    return Dataset(x=images_to_input(x, spec, preprocess, root), y=y)
 
 
 def _round_robin(per_class: list[list[Path]], limit: int | None) -> list[tuple[int, Path]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxcompress.compiler.data import InputSpec, Preprocess, load_data, npz_images_header
+from onnxcompress.compiler.data import InputSpec, Preprocess, images_to_input, load_data, npz_images_header
 from onnxcompress.errors import CompressError
 
 PROBE_IMAGES = 256
@@ -49,17 +49,27 @@ def conventions(channels: int) -> list[Convention]:
     return out
 
 
-def _accuracy(session, spec: InputSpec, data: str | Path, pre: Preprocess, num_classes: int | None) -> tuple[float, int] | None:
+def _labelled_sample(data: str | Path, spec: InputSpec, num_classes: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Up to PROBE_IMAGES labelled uint8 images (N,H,W,C) and their labels, read once."""
+    try:
+        raw = load_data(data, spec, Preprocess(scale=1.0), limit=PROBE_IMAGES, num_classes=num_classes)  # pixel values, exact
+    except CompressError:
+        return None
+    if raw.y is None or len(raw) == 0:
+        return None
+    x = raw.x.transpose(0, 2, 3, 1) if spec.layout == "NCHW" else raw.x
+    return np.ascontiguousarray(x).astype(np.uint8), raw.y
+
+
+def _accuracy(session, spec: InputSpec, images: np.ndarray, labels: np.ndarray, pre: Preprocess) -> float | None:
     from onnxcompress.compiler.runtime import run_batched
 
     try:
-        ds = load_data(data, spec, pre, limit=PROBE_IMAGES, num_classes=num_classes)
+        x = images_to_input(images, spec, pre)
     except CompressError:
         return None
-    if ds.y is None or len(ds) == 0:
-        return None
-    scores = run_batched(session, ds.x)
-    return float((scores.reshape(len(scores), -1).argmax(1) == ds.y).mean()), len(ds)
+    scores = run_batched(session, x)
+    return float((scores.reshape(len(scores), -1).argmax(1) == labels).mean())
 
 
 def suggest(model: onnx.ModelProto, data: str | Path, current: Preprocess) -> str | None:
@@ -81,20 +91,23 @@ def _suggest(model: onnx.ModelProto, data: str | Path, current: Preprocess) -> s
         if header is None or header[1] != np.uint8:  # float arrays are already preprocessed: nothing to probe
             return None
     spec = InputSpec.from_model(model)
+    sample = _labelled_sample(data, spec, num_classes(model))
+    if sample is None:
+        return None
+    images, labels = sample
     session = make_session(dynamic_batch(model))
-    n_classes = num_classes(model)
-    base = _accuracy(session, spec, data, current, n_classes)
+    base = _accuracy(session, spec, images, labels, current)
     if base is None:
         return None
     best: tuple[float, Convention] | None = None
     for c in conventions(spec.channels):
         if c.preprocess == current:
             continue
-        got = _accuracy(session, spec, data, c.preprocess, n_classes)
-        if got is not None and (best is None or got[0] > best[0]):
-            best = (got[0], c)
-    if best is None or best[0] < base[0] + MARGIN:
+        got = _accuracy(session, spec, images, labels, c.preprocess)
+        if got is not None and (best is None or got > best[0]):
+            best = (got, c)
+    if best is None or best[0] < base + MARGIN:
         return None
     used = next((c.name for c in conventions(spec.channels) if c.preprocess == current), "the preprocessing in use")
-    return (f"note: on {base[1]} labelled images the model scores {100 * base[0]:.1f} % with {used} but {100 * best[0]:.1f} % "
+    return (f"note: on {len(labels)} labelled images the model scores {100 * base:.1f} % with {used} but {100 * best[0]:.1f} % "
             f"with {best[1].name}: it probably expects that preprocessing (rerun with those flags)")
