@@ -479,8 +479,9 @@ def validate_classifier(model: onnx.ModelProto) -> None:
     if len(out_dims) >= 2 and all(d.HasField("dim_value") for d in out_dims[1:]) and int(np.prod([d.dim_value for d in out_dims[1:]])) == 1:
         # one score per sample (a sigmoid binary head): argmax, softmax KD and cross-entropy all
         # need one score per class, and would silently learn nothing from a single one
-        raise ModelError("the model has a single output score per sample (a binary classifier with a sigmoid?); the library "
-                         "needs one score per class: see compiler.binary_head.two_class_view (the command line does this itself)")
+        raise ModelError("the model has a single output score per sample (a binary classifier with a sigmoid?); the compiler "
+                         "needs one score per class: compiler.binary_head.two_class_view gives it two (the commands and the "
+                         "onnxcompress API do this themselves)")
     if not any(n.op_type in ("Conv", "Gemm", "MatMul") for n in model.graph.node):
         raise ModelError("the model has no Conv, Gemm or MatMul layer: nothing to compress")
     for init in model.graph.initializer:

@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import onnx
 
+from onnxcompress.compiler import binary_head
 from onnxcompress.compiler.config import CompressConfig, Target
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, load_data
@@ -216,6 +217,10 @@ def compress(
     )
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     model_name = name or (Path(model).name if not isinstance(model, onnx.ModelProto) else "model.onnx")
+    if binary_head.is_single_score(original):  # a sigmoid head: searched and trained as two classes
+        if classes:
+            raise UsageError("classes do not apply to a binary classifier with a single score (it has no classes to keep)")
+        original = binary_head.two_class_view(original)
     if is_quantized(original):
         raise ModelError(f"{model_name} is already quantized (QuantizeLinear/DequantizeLinear): compress needs the float "
                          "teacher (quantization is one of its own passes)")
@@ -328,7 +333,8 @@ def compress(
         probes=outcome.probes,
         channel_multiple=outcome.channel_multiple,
     )
-    return CompressResult(teacher_metrics, tuple(students), report)
+    # the students as the user's teacher was: a single-score head gets its single score back
+    return CompressResult(teacher_metrics, tuple(replace(s, model=binary_head.restore_single_score(s.model)) for s in students), report)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
+from onnxcompress.compiler import binary_head
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, load_data
 from onnxcompress.compiler.inspection import inspect_model
@@ -22,16 +23,21 @@ from onnxcompress.passes import Plan, apply_plan
 PathLike = str | os.PathLike
 
 
+def _read(model: PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """A model as the API works on it: a single-score (sigmoid) binary head seen as two classes
+    (compiler/binary_head.py; the functions that return models give the single score back)."""
+    m = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    return binary_head.two_class_view(m) if binary_head.is_single_score(m) else m
+
+
 def load(model: PathLike | onnx.ModelProto) -> onnx.ModelProto:
     """A model in the canonical form every pass and the search work on."""
-    original = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    return canonicalize(original)
+    return canonicalize(_read(model))
 
 
 def inspect(model: PathLike) -> dict[str, Any]:
     """The `inspect --json` document of DESIGN.md."""
-    original = load_model(model)
-    doc, _ = inspect_model(Path(model).name, original)
+    doc, _ = inspect_model(Path(model).name, _read(model))
     return doc
 
 
@@ -72,7 +78,7 @@ def apply(
     calibration = None
     if data is not None:
         calibration = read_data(data, canonical, preprocess, limit=calib_size).x
-    return preprocess.stamp(apply_plan(canonical, plan, calibration=calibration, seed=seed))
+    return binary_head.restore_single_score(preprocess.stamp(apply_plan(canonical, plan, calibration=calibration, seed=seed)))
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,7 @@ def evaluate(
     classes: Sequence[int] | None = None,
 ) -> Evaluation:
     """Accuracy (and agreement with a teacher), cost and onnxruntime latency of a model."""
-    m = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    m = _read(model)
     ds = data if isinstance(data, Dataset) else read_data(data, m, preprocess, limit=limit)
     if len(ds) == 0:
         raise DataError("the evaluation data is empty")
@@ -121,7 +127,7 @@ def evaluate(
     accuracy = float((pred == ds.y).mean()) if ds.y is not None else None
     agreement = None
     if teacher is not None:
-        t = teacher if isinstance(teacher, onnx.ModelProto) else load_model(teacher)
+        t = _read(teacher)
         t_scores = predict(t, ds.x)
         if classes is not None:
             t_scores = t_scores[:, list(classes)]
@@ -151,10 +157,11 @@ def finetune(
     from onnxcompress.compiler.kd import KDConfig
     from onnxcompress.compiler.trainer import FinetuneConfig, finetune as _finetune
 
-    s = student if isinstance(student, onnx.ModelProto) else load_model(student)
+    s = _read(student)
     t = load(teacher)
     pre = preprocess or Preprocess.from_model(t)
     train = read_data(data, t, pre, classes=classes)
     val = read_data(val_data, t, pre, classes=classes) if val_data is not None else None
     config = FinetuneConfig(epochs=epochs, seed=seed, kd=KDConfig(kinds=tuple(kd)), teacher_classes=tuple(classes) if classes else None)
-    return _finetune(s, t, train, val, config, progress=progress)
+    tuned, result = _finetune(s, t, train, val, config, progress=progress)
+    return binary_head.restore_single_score(tuned), result

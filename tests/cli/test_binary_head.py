@@ -136,3 +136,24 @@ def test_classes_option_on_a_single_score_model_is_refused(tmp_path):
     r = cli(str(tmp_path / "t.onnx"), "--data", str(tmp_path / "d.npz"), "--target", "macs=0.5", "--classes", "1", "-o", str(out))
     assert r.returncode == 2 and not out.exists()
     assert r.stderr.strip().splitlines() == ["error: --classes does not apply to a binary classifier with a single score (it has no classes to keep)"]
+
+
+def test_python_api_keeps_the_single_score(tmp_path):
+    import onnxcompress
+
+    teacher = binary(seed=5)
+    path = tmp_path / "t.onnx"
+    path.write_bytes(teacher.SerializeToString())
+    x = np.random.default_rng(2).integers(0, 255, (120, 8, 8, 3), dtype=np.uint8)
+    p = run(teacher, (x.astype(np.float32) / 255).transpose(0, 3, 1, 2))[:, 0]
+    np.savez(tmp_path / "d.npz", x=x, y=(p > 0.5).astype(np.int64))
+    assert onnxcompress.evaluate(path, tmp_path / "d.npz").accuracy == 1.0
+    assert onnxcompress.inspect(path)["binary_head"] == "sigmoid"
+    student = onnxcompress.apply(path, {"passes": [{"pass": "prune_channels", "ratio": 0.5}]}, data=tmp_path / "d.npz")
+    assert is_single_score(student)
+    tuned, _ = onnxcompress.finetune(student, path, tmp_path / "d.npz", epochs=1, progress=False)
+    assert is_single_score(tuned)
+    result = onnxcompress.compress(path, tmp_path / "d.npz", target="macs=0.5", agent="random", episodes=2, finetune_epochs=1,
+                                   families=1, progress=False)
+    assert is_single_score(result.model) and result.model.graph.node[-1].op_type == "Sigmoid"
+    assert run(result.model).shape == (64, 1)
