@@ -196,6 +196,24 @@ def image_size_of(path: str | Path, layout: Layout) -> tuple[int, int] | None:
     return None
 
 
+def fit_input_size(model: onnx.ModelProto, data: str | Path | None = None, size: tuple[int, int] | None = None,
+                   name: str = "the model") -> tuple[onnx.ModelProto, str | None]:
+    """(model, note): a model with a dynamic input height/width pinned to `size`, else to the size
+    of the `.npz` images in `data` (the note says so); other models as they are (a `size` that
+    contradicts them is a ModelError). No size anywhere is a ModelError naming --input-size."""
+    if not dynamic_spatial(model):
+        return (model if size is None else pin_input_size(model, *size)), None
+    note = None
+    if size is None and data is not None:
+        size = image_size_of(data, input_layout(model))
+        if size is not None:
+            note = (f"note: {name} has a dynamic input height/width; using {size[0]}x{size[1]}, the size of the "
+                    f"--data images (--input-size HxW to choose)")
+    if size is None:
+        raise ModelError(f"{name} has a dynamic input height/width; give --input-size HxW (input_size= in Python), the size it will run at")
+    return pin_input_size(model, *size), note
+
+
 def input_layout(model: onnx.ModelProto) -> Layout:
     """The data input's layout (NCHW or NHWC), also for inputs with symbolic sizes."""
     value = data_input(model)

@@ -25,7 +25,7 @@ import onnx
 from onnxcompress.compiler import binary_head
 from onnxcompress.compiler.config import CompressConfig, Target
 from onnxcompress.compiler.cost import model_cost
-from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, load_data
+from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, fit_input_size, load_data
 from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.kd import KDConfig
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, load_model, num_classes, save_model_atomic
@@ -196,8 +196,11 @@ def compress(
     name: str | None = None,
     families: int = 3,
     channel_multiple: int | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> CompressResult:
-    """Searches, rewrites and fine-tunes a student per target. See the module docstring."""
+    """Searches, rewrites and fine-tunes a student per target. See the module docstring.
+    `input_size`: the height and width for a model exported with dynamic ones (default: the size
+    of the `.npz` images)."""
     targets = target if isinstance(target, (list, tuple)) else [target]
     config = CompressConfig(
         targets=tuple(t if isinstance(t, Target) else Target.parse(t) for t in targets),
@@ -217,6 +220,7 @@ def compress(
     )
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     model_name = name or (Path(model).name if not isinstance(model, onnx.ModelProto) else "model.onnx")
+    original, _ = fit_input_size(original, data, input_size, name=model_name)
     if binary_head.is_single_score(original):  # a sigmoid head: searched and trained as two classes
         if classes:
             raise UsageError("classes do not apply to a binary classifier with a single score (it has no classes to keep)")

@@ -13,7 +13,7 @@ import onnx
 
 from onnxcompress.compiler import binary_head
 from onnxcompress.compiler.cost import model_cost
-from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, load_data
+from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, fit_input_size, load_data
 from onnxcompress.compiler.inspection import inspect_model
 from onnxcompress.compiler.onnx_io import canonicalize, dynamic_batch, is_quantized, load_model, num_classes
 from onnxcompress.compiler.runtime import Latency, make_session, measure_latency, run_batched
@@ -23,21 +23,23 @@ from onnxcompress.passes import Plan, apply_plan
 PathLike = str | os.PathLike
 
 
-def _read(model: PathLike | onnx.ModelProto) -> onnx.ModelProto:
-    """A model as the API works on it: a single-score (sigmoid) binary head seen as two classes
-    (compiler/binary_head.py; the functions that return models give the single score back)."""
+def _read(model: PathLike | onnx.ModelProto, data: PathLike | Dataset | None = None, input_size: tuple[int, int] | None = None) -> onnx.ModelProto:
+    """A model as the API works on it: a dynamic input height/width pinned (to `input_size`, else
+    to the size of the `.npz` images of `data`), and a single-score (sigmoid) binary head seen as
+    two classes (compiler/binary_head.py; the functions that return models give it back)."""
     m = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    m, _ = fit_input_size(m, None if isinstance(data, Dataset) else data, input_size)
     return binary_head.two_class_view(m) if binary_head.is_single_score(m) else m
 
 
-def load(model: PathLike | onnx.ModelProto) -> onnx.ModelProto:
+def load(model: PathLike | onnx.ModelProto, input_size: tuple[int, int] | None = None) -> onnx.ModelProto:
     """A model in the canonical form every pass and the search work on."""
-    return canonicalize(_read(model))
+    return canonicalize(_read(model, input_size=input_size))
 
 
-def inspect(model: PathLike) -> dict[str, Any]:
-    """The `inspect --json` document of DESIGN.md."""
-    doc, _ = inspect_model(Path(model).name, _read(model))
+def inspect(model: PathLike, input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The `inspect --json` document of DESIGN.md (`input_size`: for a dynamic height/width)."""
+    doc, _ = inspect_model(Path(model).name, _read(model, input_size=input_size))
     return doc
 
 
@@ -68,10 +70,11 @@ def apply(
     preprocess: Preprocess | None = None,
     calib_size: int = 256,
     seed: int = 0,
+    input_size: tuple[int, int] | None = None,
 ) -> onnx.ModelProto:
     """Replays a plan on a model; `data` supplies calibration images for data-driven passes. The
     result records the preprocessing (given, else the model's) in its metadata."""
-    canonical = load(model)
+    canonical = canonicalize(_read(model, data, input_size))
     if not isinstance(plan, Plan):
         plan = Plan.from_json(plan) if isinstance(plan, (dict, list)) else Plan.load(plan)
     preprocess = preprocess or Preprocess.from_model(canonical)
@@ -117,9 +120,10 @@ def evaluate(
     preprocess: Preprocess | None = None,
     limit: int | None = None,
     classes: Sequence[int] | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> Evaluation:
     """Accuracy (and agreement with a teacher), cost and onnxruntime latency of a model."""
-    m = _read(model)
+    m = _read(model, data, input_size)
     ds = data if isinstance(data, Dataset) else read_data(data, m, preprocess, limit=limit)
     if len(ds) == 0:
         raise DataError("the evaluation data is empty")
@@ -127,7 +131,7 @@ def evaluate(
     accuracy = float((pred == ds.y).mean()) if ds.y is not None else None
     agreement = None
     if teacher is not None:
-        t = _read(teacher)
+        t = _read(teacher, data, input_size)
         t_scores = predict(t, ds.x)
         if classes is not None:
             t_scores = t_scores[:, list(classes)]
@@ -152,13 +156,14 @@ def finetune(
     seed: int = 0,
     preprocess: Preprocess | None = None,
     progress: bool = True,
+    input_size: tuple[int, int] | None = None,
 ):
     """KD fine-tuning of a student from its teacher; returns (tuned model, FinetuneResult)."""
     from onnxcompress.compiler.kd import KDConfig
     from onnxcompress.compiler.trainer import FinetuneConfig, finetune as _finetune
 
-    s = _read(student)
-    t = load(teacher)
+    s = _read(student, data, input_size)
+    t = canonicalize(_read(teacher, data, input_size))
     pre = preprocess or Preprocess.from_model(t)
     train = read_data(data, t, pre, classes=classes)
     val = read_data(val_data, t, pre, classes=classes) if val_data is not None else None

@@ -33,25 +33,15 @@ def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathL
 
 
 def load_input_model(path, args, data=None):
-    """Reads a model given on the command line. A model whose input leaves height/width symbolic
-    is pinned to --input-size, else to the size of the `.npz` images in `data` (with a note)."""
-    from onnxcompress.compiler.data import dynamic_spatial, image_size_of, input_layout, pin_input_size
+    """Reads a model given on the command line: a dynamic input height/width pinned to
+    --input-size, else to the size of the `.npz` images in `data` (with a note)."""
+    from onnxcompress.compiler.data import fit_input_size
     from onnxcompress.compiler.onnx_io import load_model
-    from onnxcompress.errors import ModelError
 
-    model = load_model(path)
-    size = getattr(args, "input_size", None)
-    if not dynamic_spatial(model):
-        model = model if size is None else pin_input_size(model, *size)  # checks that it agrees
-        return _classifier(model, args)
-    if size is None and data is not None:
-        size = image_size_of(data, input_layout(model))
-        if size is not None:
-            print(f"note: {Path(path).name} has a dynamic input height/width; using {size[0]}x{size[1]}, the size of the "
-                  f"--data images (--input-size HxW to choose)", file=sys.stderr)
-    if size is None:
-        raise ModelError(f"{Path(path).name} has a dynamic input height/width; give --input-size HxW, the size it will run at")
-    return _classifier(pin_input_size(model, *size), args)
+    model, note = fit_input_size(load_model(path), data, getattr(args, "input_size", None), name=Path(path).name)
+    if note:
+        print(note, file=sys.stderr)
+    return _classifier(model, args)
 
 
 def _classifier(model, args):

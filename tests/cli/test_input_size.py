@@ -107,7 +107,7 @@ def test_no_size_anywhere_is_one_clear_line(files):
     out = files / "none.onnx"
     r = cli("apply", str(files / "dyn.onnx"), str(files / "plan.json"), "-o", str(out))
     assert r.returncode != 0 and not out.exists()
-    assert r.stderr.strip().splitlines() == ["error: dyn.onnx has a dynamic input height/width; give --input-size HxW, the size it will run at"]
+    assert r.stderr.strip().splitlines() == ["error: dyn.onnx has a dynamic input height/width; give --input-size HxW (input_size= in Python), the size it will run at"]
     r = cli("inspect", str(files / "dyn.onnx"), "--input-size", "0x4")
     assert r.returncode == 2 and "expected HEIGHTxWIDTH" in r.stderr and "Traceback" not in r.stderr
 
@@ -149,3 +149,15 @@ def test_a_channels_last_tf2onnx_model_with_dynamic_size_is_pinned_on_its_height
     assert [d.dim_value for d in pinned.graph.input[0].type.tensor_type.shape.dim][1:] == [32, 32, 3]
     out = make_session(pinned).run(None, {"input": ref["input"]})[0]
     np.testing.assert_allclose(out, ref["output_ref"], rtol=1e-4, atol=1e-5)
+
+
+def test_python_api_pins_too(files):
+    import onnxcompress
+
+    model = files / "dyn.onnx"
+    assert onnxcompress.inspect(model, input_size=(16, 16))["inputs"][0]["shape"][2:] == [16, 16]
+    student = onnxcompress.apply(model, files / "plan.json", data=files / "data.npz")  # the data's 12x10
+    assert (InputSpec.from_model(student).height, InputSpec.from_model(student).width) == (12, 10)
+    assert onnxcompress.evaluate(model, files / "data.npz").samples == 64
+    with pytest.raises(ModelError, match="input_size= in Python"):
+        onnxcompress.load(model)
