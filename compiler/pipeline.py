@@ -220,7 +220,9 @@ def compress(
     )
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     model_name = name or (Path(model).name if not isinstance(model, onnx.ModelProto) else "model.onnx")
-    original, _ = fit_input_size(original, data, input_size, name=model_name)
+    original, note = fit_input_size(original, data, input_size, name=model_name)
+    if note:
+        _say(progress, note)
     if binary_head.is_single_score(original):  # a sigmoid head: searched and trained as two classes
         if classes:
             raise UsageError("classes do not apply to a binary classifier with a single score (it has no classes to keep)")
