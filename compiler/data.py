@@ -504,6 +504,9 @@ def _check_labels(y: np.ndarray, n: int, num_classes: int | None, path: Path) ->
     if y.ndim == 2 and len(y) == n and y.shape[1] == 1:
         y = y[:, 0]
     elif y.ndim == 2 and len(y) == n and y.shape[1] > 1 and (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        if np.isin(y, (0, 1)).all() and (y.sum(axis=1) > 1).any():
+            raise DataError(f"{path}: y has rows with several 1s (multi-label); onnxcompress handles single-label classifiers: "
+                            f"give one class id per sample ({n},)")
         if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
             raise DataError(f"{path}: y has shape {y.shape} but its rows are not one-hot; give one class id per sample ({n},)")
         if num_classes is not None and y.shape[1] != num_classes:

@@ -352,6 +352,10 @@ def test_label_forms_keras_users_have(tmp_path):
     soft = np.full((6, 10), 0.1, np.float32)
     with pytest.raises(DataError, match="rows are not one-hot"):
         load_data(write_npz(tmp_path / "soft.npz", x=x, y=soft), spec(), Preprocess(), num_classes=10)
+    multi = np.eye(10, dtype=np.uint8)[ids]
+    multi[0, 5] = 1
+    with pytest.raises(DataError, match="several 1s \\(multi-label\\)"):
+        load_data(write_npz(tmp_path / "multi.npz", x=x, y=multi), spec(), Preprocess(), num_classes=10)
     with pytest.raises(DataError, match="one-hot over 9 classes but the model has 10"):
         load_data(write_npz(tmp_path / "nine.npz", x=x, y=np.eye(9)[ids % 9]), spec(), Preprocess(), num_classes=10)
     with pytest.raises(DataError, match="labels must be integers"):
