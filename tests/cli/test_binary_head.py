@@ -22,6 +22,13 @@ from tests.builders import GraphBuilder
 X = np.random.default_rng(0).uniform(0, 1, (64, 3, 8, 8)).astype(np.float32)
 
 
+def as_input(x: np.ndarray) -> np.ndarray:
+    """uint8 NHWC images preprocessed as the commands do (x/255, NCHW)."""
+    from onnxcompress.compiler.data import InputSpec, Preprocess, images_to_input
+
+    return images_to_input(x, InputSpec("x", "NCHW", 3, x.shape[1], x.shape[2]), Preprocess())
+
+
 def run(model: onnx.ModelProto, x: np.ndarray = X) -> np.ndarray:
     s = make_session(model)
     return s.run(None, {s.get_inputs()[0].name: x})[0]
@@ -107,7 +114,7 @@ def test_commands_on_a_sigmoid_classifier(tmp_path):
     (tmp_path / "t.onnx").write_bytes(teacher.SerializeToString())
     rng = np.random.default_rng(1)
     x = rng.integers(0, 255, (200, 8, 8, 3), dtype=np.uint8)
-    p = run(teacher, (x.astype(np.float32) / 255).transpose(0, 3, 1, 2))[:, 0]
+    p = run(teacher, as_input(x))[:, 0]  # exactly the inputs the commands feed
     y = (p > 0.5).astype(np.int64)
     y[:20] = 1 - y[:20]  # 90 % of the labels agree with the teacher
     np.savez(tmp_path / "d.npz", x=x, y=y)
@@ -123,7 +130,7 @@ def test_commands_on_a_sigmoid_classifier(tmp_path):
     tuned = tmp_path / "f.onnx"
     r = cli("finetune", str(out), "--teacher", str(tmp_path / "t.onnx"), "--data", str(tmp_path / "d.npz"), "--epochs", "1", "--quiet", "-o", str(tuned))
     assert r.returncode == 0, r.stderr[-2000:]
-    s = run(onnx.load(str(tuned)), (x.astype(np.float32) / 255).transpose(0, 3, 1, 2))
+    s = run(onnx.load(str(tuned)), as_input(x))
     assert s.shape == (200, 1) and ((s > 0) & (s < 1)).all()
     r = cli("eval", str(tuned), "--data", str(tmp_path / "d.npz"), "--teacher", str(tmp_path / "t.onnx"))
     assert r.returncode == 0 and "agreement with teacher" in r.stdout, r.stderr
@@ -145,7 +152,7 @@ def test_python_api_keeps_the_single_score(tmp_path):
     path = tmp_path / "t.onnx"
     path.write_bytes(teacher.SerializeToString())
     x = np.random.default_rng(2).integers(0, 255, (120, 8, 8, 3), dtype=np.uint8)
-    p = run(teacher, (x.astype(np.float32) / 255).transpose(0, 3, 1, 2))[:, 0]
+    p = run(teacher, as_input(x))[:, 0]  # exactly the inputs the commands feed
     np.savez(tmp_path / "d.npz", x=x, y=(p > 0.5).astype(np.int64))
     assert onnxcompress.evaluate(path, tmp_path / "d.npz").accuracy == 1.0
     assert onnxcompress.inspect(path)["binary_head"] == "sigmoid"
