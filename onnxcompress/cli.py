@@ -175,7 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    code = _run(argv)
+    code: int | None = None
+    try:
+        code = _run(argv)
+        interrupts.finish()  # the command is over: from here to the exit, signals are only noted
+    except KeyboardInterrupt:  # a signal in the instants between the command's end and finish()
+        return code if code is not None else _interrupted(None)
     if interrupts.late():
         print(interrupts.late_note(), file=sys.stderr)
     return code

@@ -106,13 +106,20 @@ def committing() -> Iterator[None]:
         raise
 
 
+def finish() -> None:
+    """The command is over (outputs written or none to write): signals from now on are noted,
+    not raised, as inside `committing()`."""
+    global _committed
+    _committed = True
+
+
 def late() -> bool:
     """Whether a signal arrived after the outputs began to be written."""
     return bool(_late)
 
 
 def late_note() -> str:
-    return "interrupt received while writing the results: the job had finished, all outputs are complete"
+    return "interrupt received as the job finished: nothing was cut short, all outputs are complete"
 
 
 def ignore() -> None:
