@@ -88,8 +88,20 @@ def _add_compress_options(p: argparse.ArgumentParser) -> None:
     _add_preprocess(p)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnxcompress")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        from onnxcompress import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="onnxcompress", description="Compression compiler for trained CNN classifiers delivered as ONNX.")
+    parser.add_argument("--version", action="version", version=f"onnxcompress {_version()}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     p = sub.add_parser("compress", help="search, rewrite and fine-tune a smaller student")
@@ -201,6 +213,8 @@ def _run(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         return HANDLERS[args.command](args)
+    except SystemExit as exc:  # argparse's --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
     except CompressError as exc:
         if debug:
             raise

@@ -231,3 +231,12 @@ def test_unknown_custom_op_is_inspected_not_fatal(tmp_path):
     r = cli("inspect", str(p))
     assert r.returncode == 0, r.stderr
     assert "Swish" in r.stdout and "frozen" in r.stdout
+
+
+def test_version_and_help():
+    from onnxcompress import __version__
+    from onnxcompress.cli import main
+
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"onnxcompress {__version__}"
+    assert main(["--version"]) == 0 and main(["--help"]) == 0  # in-process: a status, not SystemExit
