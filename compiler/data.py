@@ -125,16 +125,24 @@ def _detect_layout(model: onnx.ModelProto, input_name: str, dims: Sequence[int |
     return "NCHW"
 
 
-def dynamic_spatial(model: onnx.ModelProto) -> bool:
-    """Whether the data input leaves its height or width symbolic (e.g. a PyTorch export with
-    dynamic_axes on H and W, or a fully convolutional Keras model)."""
+def _hw_axes(model: onnx.ModelProto) -> tuple[onnx.ValueInfoProto, tuple[int, int]] | None:
+    """The data input and the axes of its height and width (None for an input that is not 4-D)."""
     value = data_input(model)
     dims = _dims(value)
     if len(dims) != 4:
+        return None
+    return value, ((2, 3) if _detect_layout(model, value.name, dims) == "NCHW" else (1, 2))
+
+
+def dynamic_spatial(model: onnx.ModelProto) -> bool:
+    """Whether the data input leaves its height or width symbolic (e.g. a PyTorch export with
+    dynamic_axes on H and W, or a fully convolutional Keras model)."""
+    found = _hw_axes(model)
+    if found is None:
         return False
-    layout = _detect_layout(model, value.name, dims)
-    h, w = (dims[2], dims[3]) if layout == "NCHW" else (dims[1], dims[2])
-    return not (isinstance(h, int) and h > 0 and isinstance(w, int) and w > 0)
+    value, axes = found
+    dims = _dims(value)
+    return not all(isinstance(dims[a], int) and dims[a] > 0 for a in axes)
 
 
 def pin_input_size(model: onnx.ModelProto, height: int, width: int) -> onnx.ModelProto:
@@ -147,13 +155,13 @@ def pin_input_size(model: onnx.ModelProto, height: int, width: int) -> onnx.Mode
         raise ModelError(f"an input size must be positive, got {height}x{width}")
     pinned = onnx.ModelProto()
     pinned.CopyFrom(model)
-    value = data_input(pinned)
+    found = _hw_axes(pinned)
+    if found is None:
+        value = data_input(pinned)
+        raise ModelError(f"model input {value.name!r} has rank {len(_dims(value))}; expected a 4-D image batch")
+    value, axes = found
     dims = value.type.tensor_type.shape.dim
-    if len(dims) != 4:
-        raise ModelError(f"model input {value.name!r} has rank {len(dims)}; expected a 4-D image batch")
-    raw = _dims(value)
-    layout = _detect_layout(pinned, value.name, raw)
-    for axis, size, what in zip((2, 3) if layout == "NCHW" else (1, 2), (height, width), ("height", "width")):
+    for axis, size, what in zip(axes, (height, width), ("height", "width")):
         d = dims[axis]
         if d.HasField("dim_value") and d.dim_value > 0:
             if d.dim_value != size:
@@ -216,9 +224,24 @@ def fit_input_size(model: onnx.ModelProto, data: str | Path | None = None, size:
 
 def input_layout(model: onnx.ModelProto) -> Layout:
     """The data input's layout (NCHW or NHWC), also for inputs with symbolic sizes."""
-    value = data_input(model)
-    dims = _dims(value)
-    return _detect_layout(model, value.name, dims) if len(dims) == 4 else "NCHW"
+    found = _hw_axes(model)
+    return "NHWC" if found is not None and found[1] == (1, 2) else "NCHW"
+
+
+def as_classifier(model: onnx.ModelProto, data: str | Path | None = None, input_size: tuple[int, int] | None = None,
+                  name: str = "the model", classes: Sequence[int] | None = None) -> tuple[onnx.ModelProto, str | None]:
+    """(model, note): a user's model as every command and API function works on it: a dynamic
+    input height/width pinned (`fit_input_size`), and a single-score (sigmoid) binary head seen as
+    two classes (compiler/binary_head.py; what writes models gives the single score back)."""
+    from onnxcompress.compiler import binary_head
+    from onnxcompress.errors import UsageError
+
+    model, note = fit_input_size(model, data, input_size, name=name)
+    if binary_head.is_single_score(model):
+        if classes:
+            raise UsageError("--classes does not apply to a binary classifier with a single score (it has no classes to keep)")
+        model = binary_head.two_class_view(model)
+    return model, note
 
 
 # ---------------------------------------------------------------------------------------------

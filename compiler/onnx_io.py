@@ -474,7 +474,7 @@ def validate_classifier(model: onnx.ModelProto) -> None:
     if len(dims) != 4:
         raise ModelError(f"input '{inputs[0].name}' has rank {len(dims)}; onnxcompress handles image classifiers with a 4-D input")
     if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims[1:]):
-        raise ModelError(f"input '{inputs[0].name}' has a dynamic size {[d.dim_value or d.dim_param or '?' for d in dims]}; give its height and width (--input-size HxW on the command line, compiler.data.pin_input_size in Python) or export it with a fixed size")
+        raise ModelError(f"input '{inputs[0].name}' has a dynamic size {[d.dim_value or d.dim_param or '?' for d in dims]}; give its height and width (--input-size HxW, or input_size= in the onnxcompress API) or export it with a fixed size")
     out_dims = model.graph.output[0].type.tensor_type.shape.dim
     if len(out_dims) >= 2 and all(d.HasField("dim_value") for d in out_dims[1:]) and int(np.prod([d.dim_value for d in out_dims[1:]])) == 1:
         # one score per sample (a sigmoid binary head): argmax, softmax KD and cross-entropy all

@@ -25,7 +25,7 @@ import onnx
 from onnxcompress.compiler import binary_head
 from onnxcompress.compiler.config import CompressConfig, Target
 from onnxcompress.compiler.cost import model_cost
-from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, fit_input_size, load_data
+from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, as_classifier, load_data
 from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.kd import KDConfig
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, load_model, num_classes, save_model_atomic
@@ -220,13 +220,10 @@ def compress(
     )
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     model_name = name or (Path(model).name if not isinstance(model, onnx.ModelProto) else "model.onnx")
-    original, note = fit_input_size(original, data, input_size, name=model_name)
+    # a dynamic input size pinned, a sigmoid head searched and trained as two classes
+    original, note = as_classifier(original, data, input_size, model_name, classes)
     if note:
         _say(progress, note)
-    if binary_head.is_single_score(original):  # a sigmoid head: searched and trained as two classes
-        if classes:
-            raise UsageError("classes do not apply to a binary classifier with a single score (it has no classes to keep)")
-        original = binary_head.two_class_view(original)
     if is_quantized(original):
         raise ModelError(f"{model_name} is already quantized (QuantizeLinear/DequantizeLinear): compress needs the float "
                          "teacher (quantization is one of its own passes)")

@@ -13,7 +13,7 @@ import onnx
 
 from onnxcompress.compiler import binary_head
 from onnxcompress.compiler.cost import model_cost
-from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, fit_input_size, load_data
+from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, as_classifier, load_data
 from onnxcompress.compiler.inspection import inspect_model
 from onnxcompress.compiler.onnx_io import canonicalize, dynamic_batch, is_quantized, load_model, num_classes
 from onnxcompress.compiler.runtime import Latency, make_session, measure_latency, run_batched
@@ -28,8 +28,7 @@ def _read(model: PathLike | onnx.ModelProto, data: PathLike | Dataset | None = N
     to the size of the `.npz` images of `data`), and a single-score (sigmoid) binary head seen as
     two classes (compiler/binary_head.py; the functions that return models give it back)."""
     m = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    m, _ = fit_input_size(m, None if isinstance(data, Dataset) else data, input_size)
-    return binary_head.two_class_view(m) if binary_head.is_single_score(m) else m
+    return as_classifier(m, None if isinstance(data, Dataset) else data, input_size)[0]
 
 
 def load(model: PathLike | onnx.ModelProto, input_size: tuple[int, int] | None = None) -> onnx.ModelProto:

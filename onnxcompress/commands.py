@@ -33,28 +33,16 @@ def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathL
 
 
 def load_input_model(path, args, data=None):
-    """Reads a model given on the command line: a dynamic input height/width pinned to
-    --input-size, else to the size of the `.npz` images in `data` (with a note)."""
-    from onnxcompress.compiler.data import fit_input_size
-    from onnxcompress.compiler.onnx_io import load_model
+    """Reads a model given on the command line as the compiler works on it (compiler.data.
+    as_classifier: a dynamic height/width pinned to --input-size or the `.npz` images, with a note;
+    a sigmoid head as two classes), validated before any data is read (its errors would otherwise
+    be about the wrong thing)."""
+    from onnxcompress.compiler.data import as_classifier
+    from onnxcompress.compiler.onnx_io import load_model, validate_classifier
 
-    model, note = fit_input_size(load_model(path), data, getattr(args, "input_size", None), name=Path(path).name)
+    model, note = as_classifier(load_model(path), data, getattr(args, "input_size", None), Path(path).name, getattr(args, "classes", None))
     if note:
         print(note, file=sys.stderr)
-    return _classifier(model, args)
-
-
-def _classifier(model, args):
-    """A single-score (sigmoid) binary classifier is seen as two classes (restored on output:
-    compiler/binary_head.py); then validated before any data is read (its errors would otherwise
-    be about the wrong thing)."""
-    from onnxcompress.compiler import binary_head
-    from onnxcompress.compiler.onnx_io import validate_classifier
-
-    if binary_head.is_single_score(model):
-        if getattr(args, "classes", None):
-            raise UsageError("--classes does not apply to a binary classifier with a single score (it has no classes to keep)")
-        model = binary_head.two_class_view(model)
     validate_classifier(model)
     return model
 
@@ -97,7 +85,6 @@ def cmd_inspect(args) -> int:
 
 def cmd_apply(args) -> int:
     from onnxcompress import api
-    from onnxcompress.compiler.binary_head import restore_single_score
     from onnxcompress.compiler.onnx_io import save_model_atomic
     from onnxcompress.passes import Plan
 
@@ -107,9 +94,9 @@ def cmd_apply(args) -> int:
     if args.data:
         preprocessing_note(args, original, args.data)
     preprocess = preprocess_from_args(args, original)
-    student = api.apply(original, plan, data=args.data, preprocess=preprocess, seed=args.seed)
+    student = api.apply(original, plan, data=args.data, preprocess=preprocess, seed=args.seed)  # a sigmoid head restored
     with interrupts.committing():
-        save_model_atomic(restore_single_score(student), out)
+        save_model_atomic(student, out)
     from onnxcompress.compiler.cost import model_cost
 
     before, after = model_cost(api.load(original)), model_cost(student)
@@ -140,8 +127,10 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_finetune(args) -> int:
-    return finetune_command(args)
+def _outputs_for(args, model_path: Path, n_targets: int) -> list[Path]:
+    first = Path(args.output) if args.output else model_path.with_name(model_path.stem + ".compressed.onnx")
+    outs = [first] + [first.with_name(f"{first.stem}.{i + 1}{first.suffix}") for i in range(1, n_targets)]
+    return [check_output_path(o, [model_path]) for o in outs]
 
 
 def cmd_compress(args) -> int:
@@ -152,22 +141,6 @@ def cmd_compress(args) -> int:
         Target.parse(t)
     if args.classes:
         parse_int_list(args.classes, "--classes")
-    return compress_command(args)
-
-
-def cmd_demo(args) -> int:
-    return demo_command(args)
-
-
-def _outputs_for(args, model_path: Path, n_targets: int) -> list[Path]:
-    first = Path(args.output) if args.output else model_path.with_name(model_path.stem + ".compressed.onnx")
-    outs = [first] + [first.with_name(f"{first.stem}.{i + 1}{first.suffix}") for i in range(1, n_targets)]
-    return [check_output_path(o, [model_path]) for o in outs]
-
-
-def compress_command(args) -> int:
-    from onnxcompress.compiler.binary_head import restore_single_score
-    from onnxcompress.compiler.config import Target, parse_int_list
     from onnxcompress.compiler.onnx_io import save_model_atomic
     from onnxcompress.compiler.pipeline import compress, interruptible
     from onnxcompress.compiler.report import summary_table, write_report
@@ -213,7 +186,7 @@ def compress_command(args) -> int:
     report = result.report
     with interrupts.committing():
         for s, out in zip(result.students, outputs):
-            save_model_atomic(restore_single_score(s.model), out)
+            save_model_atomic(s.model, out)  # compress gives a sigmoid head back
             students.append(out)
         report = replace(report, students=tuple(replace(r, output=str(o)) for r, o in zip(report.students, students)))
         if report_path is not None:
@@ -227,7 +200,7 @@ def compress_command(args) -> int:
     return 0 if all(s.feasible for s in result.students) else 0
 
 
-def finetune_command(args) -> int:
+def cmd_finetune(args) -> int:
     from onnxcompress.compiler.binary_head import restore_single_score
     from onnxcompress.compiler.config import parse_int_list
     from onnxcompress.compiler.data import InputSpec, Preprocess, load_data
@@ -270,7 +243,7 @@ def finetune_command(args) -> int:
     return 0
 
 
-def demo_command(args) -> int:
+def cmd_demo(args) -> int:
     from onnxcompress.compiler.onnx_io import save_model_atomic
     from onnxcompress.compiler.pipeline import compress, interruptible
     from onnxcompress.compiler.report import summary_table, write_report
