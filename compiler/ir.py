@@ -1,62 +1,34 @@
-"""The networkx IR: what can be compressed in a graph, rebuilt from the ONNX graph after each pass.
+"""The IR: what can be compressed in a graph, rebuilt from the ONNX graph after each pass.
 
-`analyze(graph)` walks the nodes in topological order once, asking the per-op table
-(compiler/ops.py) how channels flow through each op. The result is an `Analysis`:
+`analyze(graph)` builds the networkx graph of the model (compiler/graph.py: ops and tensors as
+typed vertices), runs the per-op channel rules of compiler/ops.py over it in topological order
+(compiler/channels.py: spaces and their coupling graph), and returns an `Analysis`:
 
-- `dag`: a networkx DiGraph of nodes (op type, layer flag) with tensor-named edges;
+- `graph`: the networkx NodeGraph, every tensor vertex annotated with its channel `layout`;
 - `layers`: Conv / Gemm / MatMul nodes with their cost and channel groups;
-- `groups`: channel groups, every (node, axis) that must shrink together, with their frozen
-  reason if they cannot;
-- `removable`: residual branches and shape-preserving layers that can be dropped;
+- `groups`: channel groups, the connected components of the channel-coupling graph: every
+  (node, axis) that must shrink together, with the reason when they cannot;
+- `removable`: residual branches (single-entry single-exit regions found by dominator analysis,
+  compiler/removable.py) and shape-preserving layers that can be dropped;
 - `quantizable`: nodes whose weights the quantize pass can narrow;
-- the internal records (`slices`, fixes) that tell the pruning pass exactly what to cut.
+- the records (`slices`, fixes) that tell the pruning pass exactly what to cut.
 
-The graph stays the single source of truth; the analysis is cheap to rebuild (CNNs have at most
-a few hundred nodes) and is never edited.
+Groups, units and layers are indexed by id. The analysis is pure: it never changes the gs.Graph
+it reads (the one mutable source of truth), and it is cheap to rebuild (CNNs have at most a few
+hundred nodes).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
-import networkx as nx
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler import cost as costmod
+from onnxcompress.compiler.channels import ConstSlice, GroupAttrFix, PadFix, ReshapeFix, Tracer
+from onnxcompress.compiler.graph import NodeGraph, tensor_vertex
 from onnxcompress.compiler.ops import ChannelLayout, OP_TABLE, Segment, const
-
-
-@dataclass(frozen=True)
-class ConstSlice:
-    """Cut constant input `input_index` of `node` along `axis` with `layout`'s kept indices.
-    `role` says what the constant is: "out" (a producer's weight rows: its channels), "in" (a
-    consumer's weight columns), "dw" (a depthwise weight), "bn_scale", "param" (bias & co)."""
-
-    node: str
-    input_index: int
-    axis: int
-    layout: ChannelLayout
-    role: str
-
-
-@dataclass(frozen=True)
-class GroupAttrFix:
-    """A depthwise Conv whose `group` attribute must equal its channel count after a cut."""
-
-    node: str
-    layout: ChannelLayout
-
-
-@dataclass(frozen=True)
-class ReshapeFix:
-    """A Reshape whose constant target must copy its first `keep_prefix` dims (0) after a cut, and
-    infer the flattened rest (-1) when `flatten_rest`."""
-
-    node: str
-    keep_prefix: int
-    flatten_rest: bool
 
 
 @dataclass(frozen=True)
@@ -124,7 +96,7 @@ class Frozen:
 
 @dataclass(frozen=True)
 class Analysis:
-    dag: nx.DiGraph
+    graph: NodeGraph
     layers: tuple[Layer, ...]
     groups: tuple[ChannelGroup, ...]
     removable: tuple[RemovableUnit, ...]
@@ -133,27 +105,35 @@ class Analysis:
     slices: tuple[ConstSlice, ...]
     group_attr_fixes: tuple[GroupAttrFix, ...]
     reshape_fixes: tuple[ReshapeFix, ...]
+    pad_fixes: tuple[PadFix, ...] = ()
     space_group: dict[int, str] = field(default_factory=dict)
     tensor_layouts: dict[str, ChannelLayout | None] = field(default_factory=dict)
+    _groups_by_id: dict[str, ChannelGroup] = field(default_factory=dict, repr=False)
+    _group_by_producer: dict[str, ChannelGroup] = field(default_factory=dict, repr=False)
+    _units_by_id: dict[str, RemovableUnit] = field(default_factory=dict, repr=False)
+    _units_by_anchor: dict[str, RemovableUnit] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._groups_by_id.update((g.id, g) for g in self.groups)
+        for g in self.groups:
+            for p in g.producers:
+                self._group_by_producer.setdefault(p, g)
+        self._units_by_id.update((u.id, u) for u in self.removable)
+        for u in self.removable:
+            self._units_by_anchor.setdefault(u.anchor, u)
 
     def group(self, gid: str) -> ChannelGroup:
-        for g in self.groups:
-            if g.id == gid:
-                return g
-        raise KeyError(gid)
+        return self._groups_by_id[gid]
 
     def group_of_node(self, node: str) -> ChannelGroup | None:
         """The group of a producer node's output channels."""
-        for g in self.groups:
-            if node in g.producers:
-                return g
-        return None
+        return self._group_by_producer.get(node)
 
     def unit(self, uid: str) -> RemovableUnit:
-        for u in self.removable:
-            if u.id == uid:
-                return u
-        raise KeyError(uid)
+        return self._units_by_id[uid]
+
+    def unit_of_anchor(self, anchor: str) -> RemovableUnit | None:
+        return self._units_by_anchor.get(anchor)
 
     @property
     def macs(self) -> int:
@@ -161,128 +141,43 @@ class Analysis:
 
 
 # ----------------------------------------------------------------------------------------------
-# the tracer the op rules talk to
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Space:
-    size: int
-    producer: str
-    frozen: list[str] = field(default_factory=list)
-
-
-class Tracer:
-    """Collects spaces, couplings (union-find), cuts and frozen reasons while rules run."""
-
-    def __init__(self) -> None:
-        self.spaces: list[_Space] = []
-        self.parent: list[int] = []
-        self.slices: list[ConstSlice] = []
-        self.group_fixes: list[GroupAttrFix] = []
-        self.reshape_fixes: list[ReshapeFix] = []
-        self.members: dict[int, list[str]] = defaultdict(list)
-        self.notes: list[Frozen] = []
-
-    # union-find -------------------------------------------------------------------------------
-    def find(self, s: int) -> int:
-        while self.parent[s] != s:
-            self.parent[s] = self.parent[self.parent[s]]
-            s = self.parent[s]
-        return s
-
-    def _union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-    # API for rules ----------------------------------------------------------------------------
-    def new_space(self, node: gs.Node, size: int, frozen: str | None = None) -> int:
-        self.spaces.append(_Space(size, node.name, [frozen] if frozen else []))
-        self.parent.append(len(self.spaces) - 1)
-        sid = len(self.spaces) - 1
-        self.members[sid].append(node.name)
-        return sid
-
-    def member(self, layout: ChannelLayout, node: gs.Node) -> None:
-        for s in layout.spaces:
-            if node.name not in self.members[s]:
-                self.members[s].append(node.name)
-
-    def slice(self, node: gs.Node, input_index: int, axis: int, layout: ChannelLayout, role: str) -> None:
-        self.slices.append(ConstSlice(node.name, input_index, axis, layout, role))
-        self.member(layout, node)
-
-    def set_group_attr(self, node: gs.Node, layout: ChannelLayout) -> None:
-        self.group_fixes.append(GroupAttrFix(node.name, layout))
-
-    def fix_reshape(self, node: gs.Node, keep_prefix: int, flatten_rest: bool = False) -> None:
-        self.reshape_fixes.append(ReshapeFix(node.name, keep_prefix, flatten_rest))
-
-    def freeze(self, layout: ChannelLayout | None, reason: str) -> None:
-        if layout is None:
-            return
-        for s in layout.spaces:
-            if reason not in self.spaces[s].frozen:
-                self.spaces[s].frozen.append(reason)
-
-    def freeze_all(self, layouts, reason: str) -> None:
-        for l in layouts:
-            self.freeze(l, reason)
-
-    def unify(self, a: ChannelLayout, b: ChannelLayout, node: gs.Node) -> bool:
-        """Channels of `a` and `b` are the same channels (residual add, ...)."""
-        if a.axis != b.axis or a.block != b.block or [s.length for s in a.segments] != [s.length for s in b.segments]:
-            self.freeze(a, f"{node.op} '{node.name}' combines tensors with different channel layouts")
-            self.freeze(b, f"{node.op} '{node.name}' combines tensors with different channel layouts")
-            return False
-        for sa, sb in zip(a.segments, b.segments):
-            self._union(sa.space, sb.space)
-        return True
-
-
-# ----------------------------------------------------------------------------------------------
 # analysis
 # ----------------------------------------------------------------------------------------------
 
 
-def _dag(graph: gs.Graph) -> nx.DiGraph:
-    dag = nx.DiGraph()
-    for node in graph.nodes:
-        dag.add_node(node.name, op=node.op, layer=bool(OP_TABLE.get(node.op) and OP_TABLE[node.op].layer))
-    for node in graph.nodes:
-        for t in node.outputs:
-            for consumer in t.outputs:
-                dag.add_edge(node.name, consumer.name, tensor=t.name)
-    return dag
-
-
-def trace(graph: gs.Graph) -> tuple[Tracer, dict[str, ChannelLayout | None]]:
+def trace(ng: NodeGraph) -> tuple[Tracer, dict[str, ChannelLayout | None]]:
+    """Runs the op rules over the ops in topological order; returns the tracer and the channel
+    layout of every tensor (in the final, split spaces)."""
     tracer = Tracer()
     layouts: dict[str, ChannelLayout | None] = {}
-    for node in graph.nodes:
-        ins = [layouts.get(t.name) if not isinstance(t, gs.Constant) else None for t in node.inputs]
+    for node in ng.nodes():
+        ins = [tracer.resolve(layouts.get(t.name)) if not isinstance(t, gs.Constant) else None for t in node.inputs]
         info = OP_TABLE.get(node.op)
         if info is None or (node.domain or "") not in ("", "ai.onnx"):
             tracer.freeze_all(ins, f"unknown op {node.domain + '.' if node.domain else ''}{node.op} '{node.name}'")
-            tracer.notes.append(Frozen(node.name, f"unknown op {node.op}: channels through it are frozen"))
+            tracer.notes.append((node.name, f"unknown op {node.op}: channels through it are frozen"))
             outs: list[ChannelLayout | None] = [None] * len(node.outputs)
         else:
             outs = info.rule(node, ins, tracer)
         for t, l in zip(node.outputs, outs):
             layouts[t.name] = l
-    for t in graph.outputs:
+    for t in ng.graph.outputs:
         tracer.freeze(layouts.get(t.name), f"reaches graph output '{t.name}'")
+    tracer.finish()
+    layouts = {name: tracer.resolve(l) for name, l in layouts.items()}
+    for name, l in layouts.items():
+        v = tensor_vertex(name)
+        if v in ng.nx:
+            ng.nx.nodes[v]["layout"] = l
     return tracer, layouts
 
 
 def _groups(tracer: Tracer, order: dict[str, int]) -> tuple[list[ChannelGroup], dict[int, str]]:
-    classes: dict[int, list[int]] = defaultdict(list)
-    for s in range(len(tracer.spaces)):
-        classes[tracer.find(s)].append(s)
-    ordered = sorted(classes.values(), key=lambda ss: min(order.get(tracer.spaces[s].producer, 0) for s in ss))
+    """One group per connected component of the coupling graph, numbered in the order of their
+    first producer (ties: the older space first)."""
+    components = sorted(tracer.components(), key=lambda ss: (min(order.get(tracer.spaces[s].producer, 0) for s in ss), ss[0]))
     groups, space_group = [], {}
-    for i, spaces in enumerate(ordered):
+    for i, spaces in enumerate(components):
         gid = f"g{i}"
         reasons: list[str] = []
         members: list[str] = []
@@ -294,13 +189,13 @@ def _groups(tracer: Tracer, order: dict[str, int]) -> tuple[list[ChannelGroup], 
         producers = tuple(sorted({tracer.spaces[s].producer for s in spaces}, key=lambda n: order.get(n, 0)))
         size = tracer.spaces[spaces[0]].size
         reason = "; ".join(reasons) if reasons else (None if size > 1 else "a single channel")
-        groups.append(ChannelGroup(gid, size, tuple(members), producers, reason is None, reason, tuple(sorted(spaces))))
+        groups.append(ChannelGroup(gid, size, tuple(members), producers, reason is None, reason, tuple(spaces)))
     return groups, space_group
 
 
-def _layers(graph: gs.Graph, layouts: dict, space_group: dict[int, str]) -> list[Layer]:
+def _layers(ng: NodeGraph, layouts: dict, space_group: dict[int, str]) -> list[Layer]:
     layers = []
-    for node in graph.nodes:
+    for node in ng.nodes():
         info = OP_TABLE.get(node.op)
         if info is None or not info.layer or len(node.inputs) < 2 or const(node.inputs[1]) is None:
             continue
@@ -334,23 +229,22 @@ def analyze(graph: gs.Graph) -> Analysis:
     """Builds the IR for a (canonical) graph with shapes. Never modifies the graph."""
     from onnxcompress.compiler.removable import find_removable  # after Layer/RemovableUnit exist
 
-    graph.toposort()
-    order = {n.name: i for i, n in enumerate(graph.nodes)}
-    tracer, layouts = trace(graph)
-    groups, space_group = _groups(tracer, order)
-    layers = _layers(graph, layouts, space_group)
-    frozen = list(tracer.notes)
+    ng = NodeGraph(graph)
+    tracer, layouts = trace(ng)
+    groups, space_group = _groups(tracer, ng.position)
+    layers = _layers(ng, layouts, space_group)
+    frozen = [Frozen(what, reason) for what, reason in tracer.notes]
     for g in groups:
         if not g.prunable and g.reason:
             frozen.append(Frozen(g.id, g.reason))
     quantizable = tuple(
         n.name
-        for n in graph.nodes
+        for n in ng.nodes()
         if OP_TABLE.get(n.op) and OP_TABLE[n.op].quantizable and len(n.inputs) > 1 and isinstance(n.inputs[1], gs.Constant)
     )
-    removable = find_removable(graph, {l.name: l for l in layers})
+    removable = find_removable(ng, {l.name: l for l in layers})
     return Analysis(
-        dag=_dag(graph),
+        graph=ng,
         layers=tuple(layers),
         groups=tuple(groups),
         removable=tuple(removable),
@@ -359,6 +253,7 @@ def analyze(graph: gs.Graph) -> Analysis:
         slices=tuple(tracer.slices),
         group_attr_fixes=tuple(tracer.group_fixes),
         reshape_fixes=tuple(tracer.reshape_fixes),
+        pad_fixes=tuple(tracer.pad_fixes),
         space_group=space_group,
         tensor_layouts=layouts,
     )
@@ -376,6 +271,9 @@ def keep_by_space(analysis: Analysis, keep: dict[str, np.ndarray]) -> dict[int, 
 
 __all__ = [
     "Analysis",
+    "GroupAttrFix",
+    "PadFix",
+    "ReshapeFix",
     "ChannelGroup",
     "ChannelLayout",
     "ConstSlice",

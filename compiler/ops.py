@@ -1,8 +1,8 @@
 """The one table of per-op knowledge: how channels flow through each op type under pruning.
 
 Each rule receives a node, the channel layouts of its inputs (None where a tensor carries no
-tracked channels: the network input, shape tensors, constants) and a `Tracer` (compiler/ir.py)
-through which it records what pruning a channel would have to cut; it returns the layouts of the
+tracked channels: the network input, shape tensors, constants) and a `Tracer`
+(compiler/channels.py) through which it records what pruning a channel would have to cut; it returns the layouts of the
 node's outputs. An op type missing from the table is never guessed: its tracked inputs are frozen
 with the reason "unknown op", and its outputs carry no tracked channels.
 
@@ -20,7 +20,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 if TYPE_CHECKING:  # pragma: no cover
-    from onnxcompress.compiler.ir import Tracer
+    from onnxcompress.compiler.channels import Tracer
 
 
 @dataclass(frozen=True)
@@ -245,6 +245,10 @@ UNARY_ELEMENTWISE = (
     "HardSwish", "Gelu", "Mish", "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil",
     "Round", "Sign", "Cast", "Identity", "Dropout", "ThresholdedRelu", "Clip",
 )
+
+
+# ops that may follow a layer in a chain that is removed with it (compiler/removable.py)
+CHAIN_OPS = frozenset({"BatchNormalization", "Relu", "Clip", "LeakyRelu", "HardSwish", "Sigmoid", "Elu", "PRelu", "Tanh"})
 
 
 @_register(*UNARY_ELEMENTWISE)

@@ -170,3 +170,63 @@ def test_resnet8_groups_and_squeezenet_offsets():
     sa = analyze(import_graph(s))
     concat_readers = [x for x in sa.slices if x.role == "in" and len(x.layout.segments) == 2]
     assert len(concat_readers) == 8  # every fire module's concat feeds one conv in two ranges
+
+
+def test_analysis_is_pure_and_ignores_node_order():
+    """analyze() never reorders (or otherwise changes) the graph it reads, and a graph whose node
+    list is out of topological order gives the same analysis as the sorted one."""
+    c = canonicalize(resnet_like(blocks=2))
+    sorted_graph = import_graph(c)
+    expected = analyze(sorted_graph)
+    shuffled = import_graph(c)
+    shuffled.nodes = list(reversed(shuffled.nodes))
+    before = [n.name for n in shuffled.nodes]
+    got = analyze(shuffled)
+    assert [n.name for n in shuffled.nodes] == before
+    assert [g.to_json() for g in got.groups] == [g.to_json() for g in expected.groups]
+    assert [u.to_json() for u in got.removable] == [u.to_json() for u in expected.removable]
+    assert [l.to_json() for l in got.layers] == [l.to_json() for l in expected.layers]
+
+
+def test_groups_are_components_of_the_coupling_graph_and_indexed():
+    import networkx as nx
+
+    from onnxcompress.compiler.graph import NodeGraph
+    from onnxcompress.compiler.ir import trace
+
+    c, a = _analysis(resnet_like(blocks=2))
+    tracer, _ = trace(NodeGraph(import_graph(c)))
+    components = sorted(tuple(sorted(cc)) for cc in nx.connected_components(tracer.coupling))
+    assert components == sorted(g.spaces for g in a.groups)
+    for g in a.groups:
+        assert a.group(g.id) is g
+        for p in g.producers:
+            assert a.group_of_node(p) is g
+    for u in a.removable:
+        assert a.unit(u.id) is u and a.unit_of_anchor(u.anchor) is u
+    # the IR's graph carries the channel layouts on its tensor vertices
+    layouts = {v[1]: d["layout"] for v, d in a.graph.nx.nodes(data=True) if d.get("kind") == "tensor"}
+    assert {k: layouts[k] for k in a.tensor_layouts if k in layouts} == {k: v for k, v in a.tensor_layouts.items() if k in layouts}
+    assert any(l is not None for l in layouts.values())
+
+
+def test_residual_block_is_the_dominated_region():
+    """Each residual unit's fork (the tensor its shortcut starts from) is the immediate dominator
+    of its Add, and every branch op is dominated by that fork."""
+    import networkx as nx
+
+    from onnxcompress.compiler.graph import SOURCE, op_vertex
+
+    c, a = _analysis(resnet_like(blocks=2))
+    g = a.graph.with_source()
+    idom = nx.immediate_dominators(g, SOURCE)
+    blocks = [u for u in a.removable if u.kind == "residual_block"]
+    assert len(blocks) == 2
+    for u in blocks:
+        fork = idom[op_vertex(u.anchor)]
+        assert fork == ("tensor", u.keep_input)
+        for n in u.nodes[:-1]:
+            v = op_vertex(n)
+            while v != SOURCE and v != fork:
+                v = idom[v]
+            assert v == fork
