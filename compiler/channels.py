@@ -27,7 +27,7 @@ import networkx as nx
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcompress.compiler.ops import ChannelLayout, Segment
+from onnxcompress.compiler.ops import ChannelLayout, DimRef, Segment
 
 
 @dataclass(frozen=True)
@@ -72,12 +72,24 @@ class PadFix:
     after: ChannelLayout | None
 
 
+@dataclass(frozen=True)
+class SliceFix:
+    """A Slice that takes a channel range on `axis`: after a cut the range starts at the kept
+    count of `before` (the channels ahead of it) and spans the kept channels of `inside`."""
+
+    node: str
+    axis: int
+    before: ChannelLayout | None
+    inside: ChannelLayout
+
+
 @dataclass
 class Space:
     size: int
     producer: str
     frozen: list[str] = field(default_factory=list)
     zero: bool = False  # channels that are constant zero (added by a Pad): free to drop
+    offset: int = 0  # where these channels start among the producer's output channels (parts of a split space)
 
 
 class Tracer:
@@ -91,13 +103,20 @@ class Tracer:
         self.group_fixes: list[GroupAttrFix] = []
         self.reshape_fixes: list[ReshapeFix] = []
         self.pad_fixes: list[PadFix] = []
+        self.slice_fixes: list[SliceFix] = []
         self.members: dict[int, list[str]] = defaultdict(list)
         self.notes: list[tuple[str, str]] = []  # (what, reason) of frozen ops
+        # the shape domain: a tensor computed from Shape (x.size(0), a computed Reshape target)
+        # -> its entries, each an int or a DimRef to a dimension of a tensor
+        self.shape_values: dict[str, tuple[int | DimRef, ...]] = {}
+        self.channel_of: dict[str, ChannelLayout] = {}  # tensor whose channel count a DimRef reads
 
     # -- spaces ----------------------------------------------------------------------------------
-    def new_space(self, node: gs.Node, size: int, frozen: str | None = None, zero: bool = False) -> int:
+    def new_space(self, node: gs.Node, size: int, frozen: str | None = None, zero: bool = False, offset: int = 0) -> int:
+        """A new channel space created by `node`; `offset`: where it starts in the node's output
+        (a node that creates several spaces: Pad before/after, Concat's untracked inputs)."""
         sid = len(self.spaces)
-        self.spaces.append(Space(size, node.name, [frozen] if frozen else [], zero))
+        self.spaces.append(Space(size, node.name, [frozen] if frozen else [], zero, offset))
         self.coupling.add_node(sid)
         self.members[sid].append(node.name)
         return sid
@@ -123,8 +142,8 @@ class Tracer:
         for s in component:
             old = self.spaces[s]
             a, b = len(self.spaces), len(self.spaces) + 1
-            for size in (at, old.size - at):
-                self.spaces.append(Space(size, old.producer, list(old.frozen), old.zero))
+            for size, offset in ((at, old.offset), (old.size - at, old.offset + at)):
+                self.spaces.append(Space(size, old.producer, list(old.frozen), old.zero, offset))
             self.members[a] = list(self.members[s])
             self.members[b] = list(self.members[s])
             self.parts[s] = (Segment(a, at), Segment(b, old.size - at))
@@ -170,6 +189,18 @@ class Tracer:
     def fix_pad(self, node: gs.Node, axis: int, before: ChannelLayout | None, after: ChannelLayout | None) -> None:
         self.pad_fixes.append(PadFix(node.name, axis, before, after))
 
+    def fix_slice(self, node: gs.Node, axis: int, before: ChannelLayout | None, inside: ChannelLayout) -> None:
+        self.slice_fixes.append(SliceFix(node.name, axis, before, inside))
+
+    def channel_refs(self, tensor: str) -> list[DimRef]:
+        return [e for e in self.shape_values.get(tensor, ()) if isinstance(e, DimRef) and e.channels]
+
+    def freeze_channel_reads(self, tensor: str, reason: str) -> None:
+        """The channel count read into shape tensor `tensor` is used where pruning would make it
+        wrong: freeze the channels it was read from."""
+        for ref in self.channel_refs(tensor):
+            self.freeze(self.channel_of.get(ref.tensor), reason)
+
     def freeze(self, layout: ChannelLayout | None, reason: str) -> None:
         if layout is None:
             return
@@ -210,6 +241,7 @@ class Tracer:
         self.slices = [replace(s, layout=self.resolve(s.layout)) for s in self.slices]
         self.group_fixes = [replace(f, layout=self.resolve(f.layout)) for f in self.group_fixes]
         self.pad_fixes = [replace(f, before=self.resolve(f.before), after=self.resolve(f.after)) for f in self.pad_fixes]
+        self.slice_fixes = [replace(f, before=self.resolve(f.before), inside=self.resolve(f.inside)) for f in self.slice_fixes]
 
 
-__all__ = ["ConstSlice", "GroupAttrFix", "PadFix", "ReshapeFix", "Space", "Tracer"]
+__all__ = ["ConstSlice", "DimRef", "GroupAttrFix", "PadFix", "ReshapeFix", "SliceFix", "Space", "Tracer"]

@@ -26,9 +26,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler import cost as costmod
-from onnxcompress.compiler.channels import ConstSlice, GroupAttrFix, PadFix, ReshapeFix, Tracer
+from onnxcompress.compiler.channels import ConstSlice, GroupAttrFix, PadFix, ReshapeFix, SliceFix, Tracer
 from onnxcompress.compiler.graph import NodeGraph, tensor_vertex
-from onnxcompress.compiler.ops import ChannelLayout, OP_TABLE, Segment, const
+from onnxcompress.compiler.ops import OP_TABLE, ChannelLayout, Segment, const, shape_value_rule
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,14 @@ class ChannelGroup:
     prunable: bool
     reason: str | None
     spaces: tuple[int, ...]
+    # (producer, part) pairs that identify the group across rewrites: part k is the k-th channel
+    # range of that producer's output that belongs to a group of its own (a split space, e.g. a
+    # conv whose output adds to a zero-padded shortcut), 0 when the output is one group
+    anchors: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def anchor(self) -> tuple[str, int]:
+        return self.anchors[0]
 
     def to_json(self) -> dict:
         return {
@@ -106,6 +114,7 @@ class Analysis:
     group_attr_fixes: tuple[GroupAttrFix, ...]
     reshape_fixes: tuple[ReshapeFix, ...]
     pad_fixes: tuple[PadFix, ...] = ()
+    slice_fixes: tuple[SliceFix, ...] = ()
     space_group: dict[int, str] = field(default_factory=dict)
     tensor_layouts: dict[str, ChannelLayout | None] = field(default_factory=dict)
     _groups_by_id: dict[str, ChannelGroup] = field(default_factory=dict, repr=False)
@@ -116,8 +125,9 @@ class Analysis:
     def __post_init__(self) -> None:
         self._groups_by_id.update((g.id, g) for g in self.groups)
         for g in self.groups:
-            for p in g.producers:
-                self._group_by_producer.setdefault(p, g)
+            for p, k in g.anchors:
+                if k == 0:
+                    self._group_by_producer.setdefault(p, g)
         self._units_by_id.update((u.id, u) for u in self.removable)
         for u in self.removable:
             self._units_by_anchor.setdefault(u.anchor, u)
@@ -126,7 +136,8 @@ class Analysis:
         return self._groups_by_id[gid]
 
     def group_of_node(self, node: str) -> ChannelGroup | None:
-        """The group of a producer node's output channels."""
+        """The group of a producer node's output channels (of its first part, when its output
+        spans several groups)."""
         return self._group_by_producer.get(node)
 
     def unit(self, uid: str) -> RemovableUnit:
@@ -152,6 +163,13 @@ def trace(ng: NodeGraph) -> tuple[Tracer, dict[str, ChannelLayout | None]]:
     layouts: dict[str, ChannelLayout | None] = {}
     for node in ng.nodes():
         ins = [tracer.resolve(layouts.get(t.name)) if not isinstance(t, gs.Constant) else None for t in node.inputs]
+        if shape_value_rule(node, tracer):
+            for t in node.outputs:
+                layouts[t.name] = None
+            continue
+        for k, t in enumerate(node.inputs):  # a channel count read by Shape, used outside the shape domain
+            if t.name in tracer.shape_values and not (node.op == "Reshape" and k == 1):
+                tracer.freeze_channel_reads(t.name, f"the channel count of a tensor is used by {node.op} '{node.name}'")
         info = OP_TABLE.get(node.op)
         if info is None or (node.domain or "") not in ("", "ai.onnx"):
             tracer.freeze_all(ins, f"unknown op {node.domain + '.' if node.domain else ''}{node.op} '{node.name}'")
@@ -176,6 +194,11 @@ def _groups(tracer: Tracer, order: dict[str, int]) -> tuple[list[ChannelGroup], 
     """One group per connected component of the coupling graph, numbered in the order of their
     first producer (ties: the older space first)."""
     components = sorted(tracer.components(), key=lambda ss: (min(order.get(tracer.spaces[s].producer, 0) for s in ss), ss[0]))
+    offsets: dict[str, list[int]] = {}
+    for ss in components:
+        for s in ss:
+            offsets.setdefault(tracer.spaces[s].producer, []).append(tracer.spaces[s].offset)
+    part = {p: {o: k for k, o in enumerate(sorted(set(os)))} for p, os in offsets.items()}
     groups, space_group = [], {}
     for i, spaces in enumerate(components):
         gid = f"g{i}"
@@ -189,7 +212,9 @@ def _groups(tracer: Tracer, order: dict[str, int]) -> tuple[list[ChannelGroup], 
         producers = tuple(sorted({tracer.spaces[s].producer for s in spaces}, key=lambda n: order.get(n, 0)))
         size = tracer.spaces[spaces[0]].size
         reason = "; ".join(reasons) if reasons else (None if size > 1 else "a single channel")
-        groups.append(ChannelGroup(gid, size, tuple(members), producers, reason is None, reason, tuple(spaces)))
+        anchors = tuple(sorted({(sp.producer, part[sp.producer][sp.offset]) for sp in (tracer.spaces[s] for s in spaces)},
+                               key=lambda a: (order.get(a[0], 0), a[1])))
+        groups.append(ChannelGroup(gid, size, tuple(members), producers, reason is None, reason, tuple(spaces), anchors))
     return groups, space_group
 
 
@@ -254,6 +279,7 @@ def analyze(graph: gs.Graph) -> Analysis:
         group_attr_fixes=tuple(tracer.group_fixes),
         reshape_fixes=tuple(tracer.reshape_fixes),
         pad_fixes=tuple(tracer.pad_fixes),
+        slice_fixes=tuple(tracer.slice_fixes),
         space_group=space_group,
         tensor_layouts=layouts,
     )
@@ -274,6 +300,7 @@ __all__ = [
     "GroupAttrFix",
     "PadFix",
     "ReshapeFix",
+    "SliceFix",
     "ChannelGroup",
     "ChannelLayout",
     "ConstSlice",

@@ -24,6 +24,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @dataclass(frozen=True)
+class DimRef:
+    """The run-time size of dimension `axis` of tensor `tensor` (read by a Shape op);
+    `channels` when that dimension is a tracked channel axis (its size changes under pruning)."""
+
+    tensor: str
+    axis: int
+    channels: bool
+
+
+@dataclass(frozen=True)
 class Segment:
     """`length` consecutive channels of one space."""
 
@@ -141,6 +151,78 @@ def is_depthwise(node: gs.Node) -> bool:
     w = const(node.inputs[1]) if len(node.inputs) > 1 else None
     group = int(node.attrs.get("group", 1))
     return w is not None and group > 1 and w.shape[1] == 1 and w.shape[0] == group
+
+
+# ----------------------------------------------------------------------------------------------
+# the shape domain: small integer tensors computed from Shape (x.view(x.size(0), -1) and the like)
+# ----------------------------------------------------------------------------------------------
+# A Shape op reads a tensor's dimensions; Gather/Unsqueeze/Squeeze/Cast/Identity/Concat/Slice of
+# such values are evaluated symbolically (tracer.shape_values: ints and DimRefs). A channel count
+# read this way stays correct after pruning as long as it is only copied into a Reshape target at
+# its own position; any other use (arithmetic, an op outside this domain) freezes those channels.
+
+def _entries(t: gs.Tensor, tr: "Tracer") -> tuple | None:
+    """The symbolic entries of a shape-domain tensor, or of a small integer constant."""
+    if t.name in tr.shape_values:
+        return tr.shape_values[t.name]
+    c = const(t)
+    if c is not None and c.dtype.kind in "iu" and c.ndim <= 1:
+        return tuple(int(v) for v in np.asarray(c).reshape(-1))
+    return None
+
+
+def shape_value_rule(node: gs.Node, tr: "Tracer") -> bool:
+    """Evaluates `node` in the shape domain when its data input is a shape value; True if done."""
+    data = node.inputs[0] if node.inputs else None
+    if data is None or data.name not in tr.shape_values or node.op == "Reshape":
+        return False
+    vals = tr.shape_values[data.name]
+    out: tuple | None = None
+    if node.op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+        out = vals
+    elif node.op == "Gather" and int(node.attrs.get("axis", 0)) == 0:
+        idx = const(node.inputs[1])
+        if idx is not None:
+            out = tuple(vals[int(i)] for i in np.asarray(idx).reshape(-1))
+    elif node.op == "Concat" and int(node.attrs.get("axis", 0)) in (0, -1):
+        parts = [_entries(t, tr) for t in node.inputs]
+        if all(p is not None for p in parts):
+            out = tuple(e for p in parts for e in p)
+    elif node.op == "Slice":
+        params = _slice_params(node, 1)
+        if params is not None and len(params) == 1 and params[0][0] == 0:
+            _, start, end, step = params[0]
+            out = tuple(vals[slice(start, end if end < 2**62 else None, step)])
+    if out is None:
+        return False
+    tr.shape_values[node.outputs[0].name] = out
+    return True
+
+
+@_register("Shape")
+def _shape(node: gs.Node, ins, tr: "Tracer"):
+    x = ins[0]
+    r = rank_of(node.inputs[0])
+    if r is None:
+        tr.freeze(x, f"Shape '{node.name}' of a tensor of unknown rank")
+        return [None]
+    start = norm_axis(int(node.attrs.get("start", 0)), r)
+    end = norm_axis(int(node.attrs["end"]), r) if "end" in node.attrs else r
+    name = node.inputs[0].name
+    if x is not None:
+        tr.channel_of[name] = x
+    tr.shape_values[node.outputs[0].name] = tuple(
+        DimRef(name, i, x is not None and x.block is None and i == x.axis) for i in range(start, min(end, r))
+    )
+    return [None]
+
+
+@_register("Gather")
+def _gather(node: gs.Node, ins, tr: "Tracer"):
+    # (shape values are handled before the rule runs); on a feature map, Gather picks entries
+    # along an axis, which we do not map: its channels are frozen
+    tr.freeze_all(ins, f"Gather '{node.name}' indexes a feature map")
+    return [None] * len(node.outputs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,21 +384,113 @@ def _prelu(node: gs.Node, ins, tr: "Tracer"):
     return [x]
 
 
+def _pad_values(node: gs.Node) -> tuple[np.ndarray | None, float | None]:
+    """(pads, constant value) of a Pad of any opset; None where they are computed."""
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        pads = const(node.inputs[1])
+    else:
+        pads = np.asarray(node.attrs.get("pads", []), dtype=np.int64)
+    value: float | None = float(node.attrs.get("value", 0.0))
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        c = const(node.inputs[2])
+        value = None if c is None else float(np.asarray(c).reshape(-1)[0]) if np.asarray(c).size else 0.0
+    return (None if pads is None else np.asarray(pads, dtype=np.int64).reshape(-1)), value
+
+
 @_register("Pad")
 def _pad(node: gs.Node, ins, tr: "Tracer"):
     x = ins[0]
     if x is None:
         return [None]
-    pads = const(node.inputs[1]) if len(node.inputs) > 1 else np.asarray(node.attrs.get("pads", []))
+    pads, value = _pad_values(node)
     r = rank_of(node.inputs[0])
     axes_in = const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
-    if pads is None or r is None or axes_in is not None:
+    if pads is None or r is None or axes_in is not None or len(pads) != 2 * r:
         tr.freeze(x, f"Pad '{node.name}' with computed or per-axis pads")
         return [x]
-    pads = np.asarray(pads).reshape(-1)
-    if x.block is not None or pads[x.axis] != 0 or pads[x.axis + r] != 0:
-        tr.freeze(x, f"Pad '{node.name}' pads the channel axis")
+    before, after = int(pads[x.axis]), int(pads[x.axis + r])
+    if before == 0 and after == 0:
+        tr.member(x, node)
+        return [x]
+    mode = node.attrs.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if x.block is not None or before < 0 or after < 0 or mode != "constant" or value != 0.0:
+        tr.freeze(x, f"Pad '{node.name}' pads the channel axis" + ("" if x.block is None else " of a flattened block"))
         return [None]
+    # zero channels added on the channel axis (the "option A" shortcut of the CIFAR ResNets): an
+    # index map with offsets. The new channels are spaces of their own, constant zero, so free
+    # to drop: after a cut the pads become the kept counts (PadFix)
+    tr.member(x, node)
+    zb = ChannelLayout(x.axis, (Segment(tr.new_space(node, before, zero=True), before),)) if before else None
+    za = ChannelLayout(x.axis, (Segment(tr.new_space(node, after, zero=True, offset=before + x.channels), after),)) if after else None
+    tr.fix_pad(node, x.axis, zb, za)
+    segments = (zb.segments if zb else ()) + x.segments + (za.segments if za else ())
+    return [ChannelLayout(x.axis, segments)]
+
+
+def _slice_params(node: gs.Node, rank: int) -> list[tuple[int, int, int, int]] | None:
+    """[(axis, start, end, step)] of a Slice of any opset, axes normalised; None if computed."""
+    if len(node.inputs) >= 3:
+        vals = []
+        for i in range(1, 5):
+            if i < len(node.inputs) and node.inputs[i].name:
+                c = const(node.inputs[i])
+                if c is None:
+                    return None
+                vals.append([int(v) for v in np.asarray(c).reshape(-1)])
+            else:
+                vals.append(None)
+        starts, ends, axes, steps = vals
+    else:
+        starts = [int(v) for v in node.attrs.get("starts", [])]
+        ends = [int(v) for v in node.attrs.get("ends", [])]
+        axes = [int(v) for v in node.attrs["axes"]] if "axes" in node.attrs else None
+        steps = None
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    return [(norm_axis(a, rank), s, e, st) for a, s, e, st in zip(axes, starts, ends, steps)]
+
+
+@_register("Slice")
+def _slice(node: gs.Node, ins, tr: "Tracer"):
+    x = ins[0]
+    if x is None:
+        return [None]
+    r = rank_of(node.inputs[0])
+    params = _slice_params(node, r) if r is not None else None
+    if params is None:
+        tr.freeze(x, f"Slice '{node.name}' with computed starts, ends, axes or steps")
+        return [None]
+    on_channels = [p for p in params if p[0] == x.axis]
+    width = x.width()
+    if on_channels:
+        _, start, end, step = on_channels[0]
+        start = max(0, min(width, start + width if start < 0 else start))
+        end = max(0, min(width, end + width if end < 0 else end))
+        if (start, end, step) != (0, width, 1):
+            # a channel range [start, end) is an index map with an offset (GhostNet, ReXNet):
+            # the input's spaces are split at the range's ends and the output carries the parts
+            # inside it; after a cut the range becomes the kept channels' positions (SliceFix)
+            if step != 1 or x.block is not None or end <= start:
+                tr.freeze(x, f"Slice '{node.name}' takes a strided or flattened channel range")
+                return [None]
+            x = tr.refine(x, {start, end})
+            inside, before, offset = [], [], 0
+            for seg in x.segments:
+                if start <= offset < end:
+                    inside.append(seg)
+                elif offset < start:
+                    before.append(seg)
+                offset += seg.length
+            tr.member(x, node)
+            out = ChannelLayout(x.axis, tuple(inside))
+            tr.fix_slice(node, x.axis, ChannelLayout(x.axis, tuple(before)) if before else None, out)
+            return [out]
+    if x.block is not None and any(p[0] == x.axis for p in params):
+        tr.freeze(x, f"Slice '{node.name}' slices a flattened block")
+        return [None]
+    # slicing other axes (the spatial subsampling x[:, :, ::2, ::2] of an option-A shortcut)
+    # passes the channels through
     tr.member(x, node)
     return [x]
 
@@ -431,7 +605,8 @@ def _concat(node: gs.Node, ins, tr: "Tracer"):
             if shape is None or not isinstance(shape[axis], int):
                 tr.freeze_all(ins, f"Concat '{node.name}' has an input of unknown width")
                 return [None]
-            space = tr.new_space(node, int(shape[axis]), frozen=f"untracked input '{t.name}' of Concat '{node.name}'")
+            space = tr.new_space(node, int(shape[axis]), frozen=f"untracked input '{t.name}' of Concat '{node.name}'",
+                                 offset=sum(s.length for s in segments))
             segments.append(Segment(space, int(shape[axis])))
         else:
             segments.extend(l.segments)
@@ -474,13 +649,18 @@ def _flatten(node: gs.Node, ins, tr: "Tracer"):
 def _reshape(node: gs.Node, ins, tr: "Tracer"):
     x = ins[0]
     if x is None:
+        if len(node.inputs) > 1:  # a target that reads a channel count, on an untracked tensor
+            tr.freeze_channel_reads(node.inputs[1].name, f"Reshape '{node.name}' uses a channel count in its target")
         return [None]
     target = const(node.inputs[1])
     in_shape = shape_of(node.inputs[0])
     out_shape = shape_of(node.outputs[0])
-    if target is None or in_shape is None or out_shape is None:
+    computed = None if target is not None else tr.shape_values.get(node.inputs[1].name)
+    if (target is None and computed is None) or in_shape is None or out_shape is None:
         tr.freeze(x, f"Reshape '{node.name}' with a computed target shape")
         return [None]
+    if computed is not None:
+        return [_reshape_computed(node, x, computed, in_shape, out_shape, tr)]
     # flatten-like: (N, d1, ..., dk) -> (N, d1*...*dk)
     if len(out_shape) == 2 and len(in_shape) >= 2 and all(isinstance(d, int) for d in in_shape[1:]):
         if isinstance(out_shape[1], int) and out_shape[1] == int(np.prod(in_shape[1:])):
@@ -496,6 +676,34 @@ def _reshape(node: gs.Node, ins, tr: "Tracer"):
         return [x]
     tr.freeze(x, f"Reshape '{node.name}' hard-codes the channel count")
     return [None]
+
+
+def _reshape_computed(node: gs.Node, x: ChannelLayout, target: tuple, in_shape: tuple, out_shape: tuple, tr: "Tracer"):
+    """A Reshape whose target is computed at run time (symbolic entries, see the shape domain):
+    it adapts to a pruned input by itself when it copies the batch and infers the rest
+    (flatten: [x.size(0), -1]) or copies every dimension up to the channel axis."""
+    name = node.inputs[0].name
+
+    def copies(e, axis: int) -> bool:
+        return isinstance(e, DimRef) and e.axis == axis and (e.tensor == name or axis == 0)
+
+    if x.block is None and len(target) == 2 and copies(target[0], 0) and target[1] == -1 and x.axis >= 1:
+        if len(in_shape) == 2:
+            tr.member(x, node)
+            return x
+        block = in_shape[1:]
+        if any(not isinstance(d, int) for d in block):
+            tr.freeze(x, f"Reshape '{node.name}' flattens a block of unknown shape")
+            return None
+        tr.member(x, node)
+        return ChannelLayout(1, x.segments, tuple(int(d) for d in block), x.axis - 1)
+    rest_reads_channels = any(isinstance(e, DimRef) and e.channels for e in target[x.axis + 1 :])
+    if x.block is None and len(target) > x.axis and all(copies(target[i], i) for i in range(x.axis + 1)) and not rest_reads_channels:
+        tr.member(x, node)
+        return x
+    tr.freeze(x, f"Reshape '{node.name}' with a computed target shape")
+    tr.freeze_channel_reads(node.inputs[1].name, f"Reshape '{node.name}' uses a channel count in its target")
+    return None
 
 
 def _axes(node: gs.Node) -> list[int] | None:

@@ -1,6 +1,6 @@
 """Cutting channels out of a graph, shared by prune_channels and subset_classes: every constant
-slice, depthwise `group` attribute and Reshape target that the analysis recorded for the touched
-channel spaces is rewritten in one go."""
+slice, depthwise `group` attribute, Reshape target, channel Pad and channel Slice that the
+analysis recorded for the touched channel spaces is rewritten in one go."""
 
 from __future__ import annotations
 
@@ -8,6 +8,47 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler.ir import Analysis
+from onnxcompress.compiler.ops import ChannelLayout, rank_of
+
+
+def _kept(layout: ChannelLayout | None, keep: dict[int, np.ndarray]) -> int:
+    return 0 if layout is None else int(len(layout.indices(keep)))
+
+
+def _set_const(node: gs.Node, index: int, values: np.ndarray) -> None:
+    # a fresh constant: the exporter may share one constant between several nodes
+    node.inputs[index] = gs.Constant(f"{node.name}_cut_{index}", np.ascontiguousarray(values))
+
+
+def _fix_pad(node: gs.Node, axis: int, before: int, after: int) -> None:
+    r = rank_of(node.inputs[0])
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        pads = np.array(node.inputs[1].values, dtype=np.int64).reshape(-1)
+        pads[axis], pads[axis + r] = before, after
+        _set_const(node, 1, pads)
+    else:
+        pads = [int(p) for p in node.attrs["pads"]]
+        pads[axis], pads[axis + r] = before, after
+        node.attrs["pads"] = pads
+
+
+def _fix_slice(node: gs.Node, axis: int, start: int, end: int) -> None:
+    r = rank_of(node.inputs[0])
+    if len(node.inputs) >= 3:
+        n = np.asarray(node.inputs[1].values).size
+        axes = list(np.asarray(node.inputs[3].values).reshape(-1)) if len(node.inputs) > 3 and node.inputs[3].name else list(range(n))
+        i = [a + r if a < 0 else a for a in map(int, axes)].index(axis)
+        for index, value in ((1, start), (2, end)):
+            v = np.array(node.inputs[index].values).reshape(-1).copy()
+            v[i] = value
+            _set_const(node, index, v.astype(node.inputs[index].values.dtype))
+    else:
+        axes = [int(a) for a in node.attrs.get("axes", range(len(node.attrs["starts"])))]
+        i = [a + r if a < 0 else a for a in axes].index(axis)
+        for key, value in (("starts", start), ("ends", end)):
+            v = [int(x) for x in node.attrs[key]]
+            v[i] = value
+            node.attrs[key] = v
 
 
 def apply_cut(graph: gs.Graph, analysis: Analysis, keep: dict[int, np.ndarray]) -> gs.Graph:
@@ -33,4 +74,13 @@ def apply_cut(graph: gs.Graph, analysis: Analysis, keep: dict[int, np.ndarray]) 
         if fix.flatten_rest:
             target[fix.keep_prefix :] = -1
         node.inputs[1].values = target
+    for fix in analysis.pad_fixes:
+        spaces = (fix.before.spaces if fix.before else ()) + (fix.after.spaces if fix.after else ())
+        if touched.intersection(spaces):
+            _fix_pad(nodes[fix.node], fix.axis, _kept(fix.before, keep), _kept(fix.after, keep))
+    for fix in analysis.slice_fixes:
+        spaces = (fix.before.spaces if fix.before else ()) + fix.inside.spaces
+        if touched.intersection(spaces):
+            start = _kept(fix.before, keep)
+            _fix_slice(nodes[fix.node], fix.axis, start, start + _kept(fix.inside, keep))
     return graph

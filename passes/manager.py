@@ -15,9 +15,10 @@ from onnxcompress.passes.plan import Plan
 from onnxcompress.passes.registry import PassContext, get_pass
 
 
-def anchors_of(analysis: Analysis) -> dict[str, tuple[str, ...]]:
-    """ids of groups and removable units -> a node that identifies them across rewrites."""
-    out: dict[str, tuple[str, ...]] = {g.id: g.producers for g in analysis.groups}
+def anchors_of(analysis: Analysis) -> dict[str, tuple]:
+    """ids of groups and removable units -> what identifies them across rewrites: a group's
+    (producer, part) anchors, a unit's anchor node."""
+    out: dict[str, tuple] = {g.id: g.anchors for g in analysis.groups}
     out.update({u.id: (u.anchor,) for u in analysis.removable})
     return out
 
@@ -89,7 +90,7 @@ def resolve(ctx: PassContext, analysis: Analysis, ident: str, kind: str):
         if anchor is None:
             raise PlanError(f"unknown group id '{ident}' (see `onnxcompress inspect` for the groups)")
         for g in analysis.groups:
-            if set(anchor) & set(g.producers):
+            if set(anchor) & set(g.anchors):
                 return g
         raise PlanError(f"group '{ident}' no longer exists after the earlier passes of the plan")
     if anchor is None:

@@ -96,7 +96,7 @@ class Structure:
         return self.analysis.group(local).channels
 
 
-def _group_decisions(analysis: Analysis, teacher_anchor: Mapping[str, str], teacher_order: Mapping[str, int]) -> tuple[Decision, ...]:
+def _group_decisions(analysis: Analysis, teacher_anchor: Mapping[str, tuple[str, int]], teacher_order: Mapping[str, int]) -> tuple[Decision, ...]:
     """Prunable groups in topological order (of their first producer), with their teacher ids."""
     index = {l.name: i for i, l in enumerate(analysis.layers)}
     by_name = {l.name: l for l in analysis.layers}
@@ -104,7 +104,7 @@ def _group_decisions(analysis: Analysis, teacher_anchor: Mapping[str, str], teac
     for g in analysis.groups:
         if not g.prunable:
             continue
-        ids = sorted((tid for tid, anchor in teacher_anchor.items() if anchor in g.producers), key=lambda t: teacher_order[t])
+        ids = sorted((tid for tid, anchor in teacher_anchor.items() if anchor in g.anchors), key=lambda t: teacher_order[t])
         if not ids:
             continue
         producers = sorted((p for p in g.producers if p in by_name), key=lambda n: index[n])
@@ -147,7 +147,7 @@ class SearchSpace:
         self.search_cost = SearchCost(self.analysis)
         a = self.analysis
         self._layers = {l.name: l for l in a.layers}
-        self._teacher_anchor = {g.id: g.producers[0] for g in a.groups}
+        self._teacher_anchor = {g.id: g.anchor for g in a.groups}
         self._teacher_order = {g.id: i for i, g in enumerate(a.groups)}
         self.total_params = model_params(teacher)
         self.other_params = self.total_params - self.search_cost.total_layer_params
