@@ -260,15 +260,54 @@ def _conv(node: gs.Node, ins, tr: "Tracer"):
         tr.set_group_attr(node, x)
         tr.member(x, node)
         return [x]
-    # grouped convolution (1 < group < channels): channels can only shrink group-uniformly;
-    # we do not do that, so both sides are frozen
-    reason = f"grouped Conv '{node.name}' (group={group})"
+    return _grouped_conv(node, x, w, group, has_bias, tr)
+
+
+def _grouped_conv(node: gs.Node, x: ChannelLayout | None, w: np.ndarray, group: int, has_bias: bool, tr: "Tracer"):
+    """A grouped convolution (ResNeXt, RegNet: 1 < group, not depthwise) keeps its `group`
+    attribute and shrinks every group alike (Torch-Pruning's channels-per-group pruning): input
+    channel j of each group is one channel of the analysis (the G copies are coupled), and so is
+    output channel j of each group. The weight's input axis holds one group's channels."""
+    cin_g, cout = int(w.shape[1]), int(w.shape[0])
+    if cout % group:
+        tr.freeze(x, f"grouped Conv '{node.name}' with {cout} outputs in {group} groups")
+        x = None
+    if x is not None and x.channels != group * cin_g:
+        tr.freeze(x, f"grouped Conv '{node.name}' reads {x.channels} channels, not {group} x {cin_g}")
+        x = None
     if x is not None:
-        tr.freeze(x, reason)
-    space = tr.new_space(node, w.shape[0])
-    out = ChannelLayout(1, (Segment(space, w.shape[0]),))
-    tr.freeze(out, reason)
+        chunks = _group_chunks(x, group, cin_g, tr)
+        for chunk in chunks[1:]:
+            if not tr.unify(chunks[0], chunk, node):
+                break
+        tr.member(x, node)
+        tr.slice(node, 1, 1, chunks[0], role="in")
+    cout_g = cout // group
+    spaces = [tr.new_space(node, cout_g, offset=k * cout_g) for k in range(group)]
+    out = ChannelLayout(1, tuple(Segment(s, cout_g) for s in spaces))
+    first = ChannelLayout(1, (Segment(spaces[0], cout_g),))
+    for s in spaces[1:]:
+        tr.unify(first, ChannelLayout(1, (Segment(s, cout_g),)), node)
+    tr.slice(node, 1, 0, out, role="out")
+    if has_bias:
+        tr.slice(node, 2, 0, out, role="param")
     return [out]
+
+
+def _group_chunks(x: ChannelLayout, groups: int, per_group: int, tr: "Tracer") -> list[ChannelLayout]:
+    """`x` cut into `groups` consecutive chunks of `per_group` channels, each chunk segmented at
+    the same relative offsets (the union over chunks of where x's segments end inside them)."""
+    ends = np.cumsum([s.length for s in x.segments]).tolist()
+    inner = {e % per_group for e in ends}
+    x = tr.refine(x, {k * per_group + b for k in range(groups) for b in inner if 0 < k * per_group + b < x.channels})
+    chunks, current, size = [], [], 0
+    for seg in x.segments:
+        current.append(seg)
+        size += seg.length
+        if size == per_group:
+            chunks.append(ChannelLayout(x.axis, tuple(current)))
+            current, size = [], 0
+    return chunks
 
 
 @_register("Gemm", quantizable=True, layer=True)

@@ -93,6 +93,11 @@ def activation_scores(
         act = activations[tensor]
         axis = s.layout.axis
         moved = np.moveaxis(act, axis, 1).reshape(act.shape[0], act.shape[axis], -1)
+        width = s.layout.width()
+        if moved.shape[1] != width and moved.shape[1] % width == 0:
+            # a grouped conv reads channel j of each of its groups as one weight column: the
+            # activation of channel j is the mean over the groups' copies
+            moved = moved.reshape(moved.shape[0], moved.shape[1] // width, width, -1).mean(axis=1)
         if kind == "apoz":
             per_index = (moved > 0).mean(axis=(0, 2))
         else:

@@ -1,0 +1,128 @@
+"""Blocks of today's CNNs, as small PyTorch definitions exported in the suite: each is analysed,
+pruned and checked in onnxruntime (issue #16). A cut is exact: channels whose producers are all
+zero are removed without changing the outputs; a uniform plan shrinks every block kind."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onnxcompress.compiler.cost import SearchCost, model_cost
+from onnxcompress.compiler.ir import analyze, keep_by_space
+from onnxcompress.compiler.onnx_io import canonicalize, import_graph
+from onnxcompress.compiler.runtime import make_session
+from onnxcompress.passes import Plan, apply_plan
+from tests.builders import conv_macs
+
+X = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+
+
+def _export(net: nn.Module, tmp_path, name: str) -> onnx.ModelProto:
+    torch.manual_seed(0)
+    net = net.eval()
+    for bn in net.modules():
+        if isinstance(bn, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+            if getattr(bn, "running_mean", None) is not None:
+                bn.running_mean.uniform_(-0.2, 0.2)
+                bn.running_var.uniform_(0.5, 1.5)
+            if bn.weight is not None:
+                bn.weight.data.uniform_(0.5, 1.5)
+                bn.bias.data.uniform_(-0.2, 0.2)
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(net, torch.zeros(1, 3, 16, 16), str(path), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False, opset_version=17)
+    return canonicalize(onnx.load(str(path)))
+
+
+def run(model, x=X):
+    s = make_session(model)
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+def silence_and_prune(model: onnx.ModelProto, gid: str, drop: list[int]) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(the model with channels `drop` of group `gid` zeroed at every producer's weights and
+    biases, that model with those channels pruned)."""
+    a = analyze(import_graph(model))
+    g = a.group(gid)
+    keep = np.asarray([c for c in range(g.channels) if c not in drop])
+    by_space = keep_by_space(a, {gid: keep})
+    silenced = onnx.ModelProto()
+    silenced.CopyFrom(model)
+    inits = {i.name: i for i in silenced.graph.initializer}
+    nodes = {n.name: n for n in silenced.graph.node}
+    for s in a.slices:
+        if s.role not in ("out", "param", "dw", "bn_scale") or not set(s.layout.spaces) & set(g.spaces):
+            continue
+        if s.role in ("param", "bn_scale") and nodes[s.node].op_type not in ("Conv", "Gemm", "MatMul"):
+            continue  # BN/LN shifts: a zero producer row already silences the channel before them
+        init = inits[nodes[s.node].input[s.input_index]]
+        w = onnx.numpy_helper.to_array(init).copy()
+        kept = set(s.layout.indices(by_space).tolist())
+        index = [slice(None)] * w.ndim
+        index[s.axis] = [i for i in range(w.shape[s.axis]) if i not in kept]
+        w[tuple(index)] = 0.0
+        init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
+    pruned = apply_plan(silenced, Plan.from_json({"passes": [{"pass": "prune_channels", "group": gid, "indices": keep.tolist()}]}))
+    return silenced, pruned
+
+
+# ------------------------------------------------------------------------------------------------
+# block kinds
+# ------------------------------------------------------------------------------------------------
+
+
+class ResNeXtBlock(nn.Module):
+    """ResNeXt bottleneck: 1x1 -> grouped 3x3 (4 groups) -> 1x1, identity shortcut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(32, 16, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.BatchNorm2d(16), nn.ReLU())
+        self.c = nn.Sequential(nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32))
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(x + self.c(self.b(self.a(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _grouped_conv_group(a):
+    """The group of the grouped conv's input channels (channel j of each of its 4 groups)."""
+    return a.group(_grouped_conv(a).in_groups[0])
+
+
+def _grouped_conv(a):
+    return next(l for l in a.layers if int(a.graph.node(l.name).attrs.get("group", 1)) == 4)
+
+
+def test_grouped_conv_shrinks_every_group_alike(tmp_path):
+    m = _export(ResNeXtBlock(), tmp_path, "resnext")
+    a = analyze(import_graph(m))
+    assert [g for g in a.groups if not g.prunable] == [a.groups[-1]]  # only the logits
+    g = _grouped_conv_group(a)
+    assert g.channels == 4 and g.prunable  # channels per group
+    silenced, pruned = silence_and_prune(m, g.id, [1])
+    assert not np.allclose(run(silenced), run(m))
+    np.testing.assert_allclose(run(pruned), run(silenced), rtol=1e-4, atol=1e-5)
+    grouped = next(n for n in pruned.graph.node if n.op_type == "Conv" and any(at.name == "group" and at.i == 4 for at in n.attribute))
+    w = next(i for i in pruned.graph.initializer if i.name == grouped.input[1])
+    assert list(w.dims[:2]) == [16, 3]  # 4 groups of 3 input channels, the output side untouched
+    assert model_cost(pruned).macs == SearchCost(a).macs({g.id: 3}) == conv_macs(pruned)
+
+
+def test_grouped_conv_output_side_and_uniform_plan(tmp_path):
+    m = _export(ResNeXtBlock(), tmp_path, "resnext")
+    a = analyze(import_graph(m))
+    conv = _grouped_conv(a)
+    out_group = next(g for g in a.groups if conv.name in g.producers)
+    silenced, pruned = silence_and_prune(m, out_group.id, [0, 2])
+    np.testing.assert_allclose(run(pruned), run(silenced), rtol=1e-4, atol=1e-5)
+    half = apply_plan(m, Plan.from_json({"passes": [{"pass": "prune_channels", "ratio": 0.5}]}))
+    assert run(half).shape == (len(X), 10)
+    assert model_cost(half).macs == conv_macs(half) < 0.4 * model_cost(m).macs
