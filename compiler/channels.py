@@ -83,6 +83,15 @@ class SliceFix:
     inside: ChannelLayout
 
 
+@dataclass(frozen=True)
+class SplitFix:
+    """A Split on the channel axis: after a cut its sizes become the kept counts of `outputs`."""
+
+    node: str
+    axis: int
+    outputs: tuple[ChannelLayout, ...]
+
+
 @dataclass
 class Space:
     size: int
@@ -104,6 +113,7 @@ class Tracer:
         self.reshape_fixes: list[ReshapeFix] = []
         self.pad_fixes: list[PadFix] = []
         self.slice_fixes: list[SliceFix] = []
+        self.split_fixes: list[SplitFix] = []
         self.members: dict[int, list[str]] = defaultdict(list)
         self.notes: list[tuple[str, str]] = []  # (what, reason) of frozen ops
         # the shape domain: a tensor computed from Shape (x.size(0), a computed Reshape target)
@@ -189,6 +199,9 @@ class Tracer:
     def fix_pad(self, node: gs.Node, axis: int, before: ChannelLayout | None, after: ChannelLayout | None) -> None:
         self.pad_fixes.append(PadFix(node.name, axis, before, after))
 
+    def fix_split(self, node: gs.Node, axis: int, outputs: tuple[ChannelLayout, ...]) -> None:
+        self.split_fixes.append(SplitFix(node.name, axis, outputs))
+
     def fix_slice(self, node: gs.Node, axis: int, before: ChannelLayout | None, inside: ChannelLayout) -> None:
         self.slice_fixes.append(SliceFix(node.name, axis, before, inside))
 
@@ -242,6 +255,7 @@ class Tracer:
         self.group_fixes = [replace(f, layout=self.resolve(f.layout)) for f in self.group_fixes]
         self.pad_fixes = [replace(f, before=self.resolve(f.before), after=self.resolve(f.after)) for f in self.pad_fixes]
         self.slice_fixes = [replace(f, before=self.resolve(f.before), inside=self.resolve(f.inside)) for f in self.slice_fixes]
+        self.split_fixes = [replace(f, outputs=tuple(self.resolve(o) for o in f.outputs)) for f in self.split_fixes]
 
 
-__all__ = ["ConstSlice", "DimRef", "GroupAttrFix", "PadFix", "ReshapeFix", "SliceFix", "Space", "Tracer"]
+__all__ = ["ConstSlice", "DimRef", "GroupAttrFix", "PadFix", "ReshapeFix", "SliceFix", "Space", "SplitFix", "Tracer"]

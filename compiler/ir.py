@@ -26,7 +26,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler import cost as costmod
-from onnxcompress.compiler.channels import ConstSlice, GroupAttrFix, PadFix, ReshapeFix, SliceFix, Tracer
+from onnxcompress.compiler.channels import ConstSlice, GroupAttrFix, PadFix, ReshapeFix, SliceFix, SplitFix, Tracer
 from onnxcompress.compiler.graph import NodeGraph, tensor_vertex
 from onnxcompress.compiler.ops import OP_TABLE, ChannelLayout, Segment, const, shape_value_rule
 
@@ -115,6 +115,7 @@ class Analysis:
     reshape_fixes: tuple[ReshapeFix, ...]
     pad_fixes: tuple[PadFix, ...] = ()
     slice_fixes: tuple[SliceFix, ...] = ()
+    split_fixes: tuple[SplitFix, ...] = ()
     space_group: dict[int, str] = field(default_factory=dict)
     tensor_layouts: dict[str, ChannelLayout | None] = field(default_factory=dict)
     _groups_by_id: dict[str, ChannelGroup] = field(default_factory=dict, repr=False)
@@ -280,6 +281,7 @@ def analyze(graph: gs.Graph) -> Analysis:
         reshape_fixes=tuple(tracer.reshape_fixes),
         pad_fixes=tuple(tracer.pad_fixes),
         slice_fixes=tuple(tracer.slice_fixes),
+        split_fixes=tuple(tracer.split_fixes),
         space_group=space_group,
         tensor_layouts=layouts,
     )
@@ -301,6 +303,7 @@ __all__ = [
     "PadFix",
     "ReshapeFix",
     "SliceFix",
+    "SplitFix",
     "ChannelGroup",
     "ChannelLayout",
     "ConstSlice",

@@ -545,6 +545,86 @@ def _resize(node: gs.Node, ins, tr: "Tracer"):
     return [x]
 
 
+@_register("LayerNormalization")
+def _layernorm(node: gs.Node, ins, tr: "Tracer"):
+    """LayerNorm over the channel axis alone (ConvNeXt's channels-last LayerNorm): its scale and
+    bias are cut with the channels. Lossy, as Torch-Pruning's: the mean and variance are then
+    taken over the remaining channels. Over other axes (or more than the channel axis) the
+    channels are frozen."""
+    x = ins[0]
+    r = rank_of(node.inputs[0])
+    if x is None or r is None:
+        return [x] + [None] * (len(node.outputs) - 1)
+    axis = norm_axis(int(node.attrs.get("axis", -1)), r)
+    if x.block is not None or axis != x.axis or axis != r - 1:
+        if axis <= x.axis:
+            tr.freeze(x, f"LayerNormalization '{node.name}' normalises across channels and other axes")
+        else:
+            tr.member(x, node)
+        return [x] + [None] * (len(node.outputs) - 1)
+    for i in (1, 2):
+        if i < len(node.inputs) and node.inputs[i].name:
+            c = const(node.inputs[i])
+            if c is None:
+                tr.freeze(x, f"LayerNormalization '{node.name}' has computed parameters")
+                return [x] + [None] * (len(node.outputs) - 1)
+            tr.slice(node, i, c.ndim - 1, x.with_axis(0), role="bn_scale" if i == 1 else "param")
+    tr.member(x, node)
+    return [x] + [None] * (len(node.outputs) - 1)
+
+
+def _split_sizes(node: gs.Node, width: int) -> list[int] | None:
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        c = const(node.inputs[1])
+        return None if c is None else [int(v) for v in np.asarray(c).reshape(-1)]
+    if "split" in node.attrs:
+        return [int(v) for v in node.attrs["split"]]
+    n = int(node.attrs.get("num_outputs", len(node.outputs)))
+    if n <= 0:
+        return None
+    base = -(-width // n)  # the last chunk is smaller (opset 18's num_outputs)
+    return [base] * (n - 1) + [width - base * (n - 1)]
+
+
+@_register("Split")
+def _split(node: gs.Node, ins, tr: "Tracer"):
+    """Split along the channel axis (MobileViT, ShuffleNetV2, split-transform-merge blocks): each
+    output carries a consecutive channel range, an index map with an offset; after a cut the
+    split sizes become the kept counts (SplitFix). Along another axis channels pass through."""
+    x = ins[0]
+    n = len(node.outputs)
+    if x is None:
+        return [None] * n
+    r = rank_of(node.inputs[0])
+    axis = norm_axis(int(node.attrs.get("axis", 0)), r) if r is not None else None
+    if axis is None:
+        tr.freeze(x, f"Split '{node.name}' of unknown rank")
+        return [None] * n
+    if axis != x.axis:
+        if x.block is not None:
+            tr.freeze(x, f"Split '{node.name}' of a flattened block")
+            return [None] * n
+        tr.member(x, node)
+        return [x] * n
+    sizes = _split_sizes(node, x.width())
+    if x.block is not None or sizes is None or sum(sizes) != x.width() or len(sizes) != n or min(sizes) <= 0:
+        tr.freeze(x, f"Split '{node.name}' with computed or unexpected sizes")
+        return [None] * n
+    bounds = np.cumsum(sizes).tolist()
+    x = tr.refine(x, set(bounds[:-1]))
+    outs: list[list[Segment]] = [[] for _ in range(n)]
+    offset, k = 0, 0
+    for seg in x.segments:
+        while offset >= bounds[k]:
+            k += 1
+        outs[k].append(seg)
+        offset += seg.length
+    layouts = [ChannelLayout(x.axis, tuple(o)) for o in outs]
+    tr.member(x, node)
+    tr.fix_split(node, x.axis, tuple(layouts))
+    return layouts
+
+
 @_register("Softmax", "LogSoftmax")
 def _softmax(node: gs.Node, ins, tr: "Tracer"):
     x = ins[0]

@@ -1,5 +1,5 @@
 """Cutting channels out of a graph, shared by prune_channels and subset_classes: every constant
-slice, depthwise `group` attribute, Reshape target, channel Pad and channel Slice that the
+slice, depthwise `group` attribute, Reshape target, channel Pad, Slice and Split that the
 analysis recorded for the touched channel spaces is rewritten in one go."""
 
 from __future__ import annotations
@@ -51,6 +51,19 @@ def _fix_slice(node: gs.Node, axis: int, start: int, end: int) -> None:
             node.attrs[key] = v
 
 
+def _fix_split(node: gs.Node, sizes: list[int]) -> None:
+    values = np.asarray(sizes, dtype=np.int64)
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        _set_const(node, 1, values)
+    elif "split" in node.attrs:
+        node.attrs["split"] = [int(v) for v in sizes]
+    else:  # equal sizes implied (opset 18's num_outputs): after a cut they need not be
+        node.attrs.pop("num_outputs", None)
+        while len(node.inputs) < 2:
+            node.inputs.append(gs.Variable.empty())
+        node.inputs[1] = gs.Constant(f"{node.name}_cut_split", values)
+
+
 def apply_cut(graph: gs.Graph, analysis: Analysis, keep: dict[int, np.ndarray]) -> gs.Graph:
     """`keep` maps channel space -> kept channel indices (spaces not in it are untouched)."""
     if not keep:
@@ -83,4 +96,7 @@ def apply_cut(graph: gs.Graph, analysis: Analysis, keep: dict[int, np.ndarray]) 
         if touched.intersection(spaces):
             start = _kept(fix.before, keep)
             _fix_slice(nodes[fix.node], fix.axis, start, start + _kept(fix.inside, keep))
+    for fix in analysis.split_fixes:
+        if touched.intersection(sp for o in fix.outputs for sp in o.spaces):
+            _fix_split(nodes[fix.node], [_kept(o, keep) for o in fix.outputs])
     return graph
