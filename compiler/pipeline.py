@@ -563,8 +563,8 @@ def _accuracy_note(student: float | None, teacher: float | None, drop: float, m:
     """A student's accuracy next to the teacher's, naming the measure and the images."""
     s, t = 100 * (student or 0.0), 100 * (teacher or 0.0)
     if m.kind == "top1":
-        return f"accuracy {s:.2f}% ({-drop:+.2f} points vs the teacher's {t:.2f}%) on {m.images}"
-    return f"agreement with the teacher {s:.2f}% ({-drop:+.2f} points vs the teacher's own {t:.2f}%) on {m.images}"
+        return f"accuracy {s:.2f}% ({0.0 - drop:+.2f} points vs the teacher's {t:.2f}%) on {m.images}"
+    return f"agreement with the teacher {s:.2f}% ({0.0 - drop:+.2f} points vs the teacher's own {t:.2f}%) on {m.images}"
 
 
 def _budget_note(drop: float, max_drop: float, m: Measure) -> str:
