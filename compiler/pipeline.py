@@ -29,8 +29,9 @@ from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, as_classi
 from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.kd import KDConfig
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, load_model, num_classes, save_model_atomic
-from onnxcompress.compiler.report import ModelMetrics, RunReport, StudentReport
+from onnxcompress.compiler.report import Measure, ModelMetrics, RunReport, StudentReport
 from onnxcompress.compiler.runtime import Latency, compare_latency, make_session, measure_latency, run_batched
+from onnxcompress.compiler.teacher_fit import teacher_fit
 from onnxcompress.compiler.trainer import FinetuneConfig, finetune
 from onnxcompress.errors import DataError, ModelError, UsageError
 from onnxcompress.passes import Plan, apply_plan
@@ -46,6 +47,7 @@ class JobData:
     train: Dataset
     val: Dataset
     calibration: np.ndarray
+    val_images: str = "the validation images"  # which images `val` is, for the user
 
 
 def prepare_data(
@@ -68,14 +70,17 @@ def prepare_data(
     rng = np.random.default_rng(seed)
     if val_data is not None:
         val = load_data(val_data, spec, preprocess, classes=classes, num_classes=n_classes)
+        described = f"{len(val):,} images of --val-data {Path(val_data).name}"
         if len(val) > val_size:
             val = val.take(np.sort(rng.permutation(len(val))[:val_size]))
+            described = f"{len(val):,} random images of the {described}"
     else:
         n_val = min(val_size, max(1, len(train) // 5))
         perm = rng.permutation(len(train))
         val, train = train.take(np.sort(perm[:n_val])), train.take(np.sort(perm[n_val:]))
+        described = f"{n_val:,} validation images held out of --data {Path(data).name}"
     calib = train.x[np.sort(rng.permutation(len(train))[: min(calib_size, len(train))])]
-    return JobData(train, val, calib)
+    return JobData(train, val, calib, described)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,10 +252,14 @@ def compress(
     if config.classes is not None:
         prefix = Plan.from_json({"passes": [{"pass": "subset_classes", "classes": list(config.classes)}]})
         base = apply_plan(teacher, prefix)
-    teacher_pred = run_batched(make_session(base), job.val.x).argmax(1) if job.val.y is None else None
+    teacher_scores = run_batched(make_session(base), job.val.x)
+    teacher_pred = teacher_scores.reshape(len(teacher_scores), -1).argmax(1)
+    job, val_measure = _choose_measure(job, teacher_scores, teacher_pred, val_data is not None, progress)
     teacher_metrics = measure(base, job.val, teacher_pred, latency=False)
     if teacher_metrics.accuracy is None:
         teacher_metrics = replace(teacher_metrics, accuracy=1.0)  # agreement with itself
+    if val_measure.kind == "top1":  # (agreement: the warning or the no-labels note above said what it is)
+        _say(progress, f"teacher: top-1 {100 * teacher_metrics.accuracy:.2f}% on {val_measure.images}")
 
     outcome = _search(base, teacher, job, config, save_policy, load_policy)
 
@@ -295,14 +304,11 @@ def compress(
         drop = accuracy_drop(teacher_metrics.accuracy, metrics.accuracy)
         met = _meets(metrics, teacher_metrics, tgt)
         feasible = drop <= config.max_drop and met
-        note = (
-            f"accuracy {100 * (metrics.accuracy or 0):.2f}% ({-drop:+.2f} points vs the teacher's {100 * teacher_metrics.accuracy:.2f}%), "
-            f"MACs {metrics.macs / teacher_metrics.macs:.3f}x"
-        )
+        note = _accuracy_note(metrics.accuracy, teacher_metrics.accuracy, drop, val_measure) + f", MACs {metrics.macs / teacher_metrics.macs:.3f}x"
         if not met:
             note += "; the target was NOT met (this is the closest plan the search found)"
         if drop > config.max_drop:
-            note += f"; the accuracy budget of {config.max_drop} points was NOT met at this target: a larger target (see the Pareto front) keeps more accuracy"
+            note += _budget_note(drop, config.max_drop, val_measure)
         note += _slower_note(latency, teacher_metrics.latency_ms, outcome.channel_multiple)
         students.append(Student(tgt, final_plan, student, metrics, search_acc, feasible, note))
 
@@ -335,6 +341,7 @@ def compress(
         max_drop=config.max_drop,
         probes=outcome.probes,
         channel_multiple=outcome.channel_multiple,
+        measure=val_measure,
     )
     # the students as the user's teacher was: a single-score head gets its single score back
     return CompressResult(teacher_metrics, tuple(replace(s, model=binary_head.restore_single_score(s.model)) for s in students), report)
@@ -519,6 +526,55 @@ def _uniform_plan(base: onnx.ModelProto, target: Target) -> Plan:
             lo = mid
     # round *up*: rounding to nearest can step back over a channel-count boundary and miss the target
     return Plan.from_json({"passes": [{"pass": "prune_channels", "ratio": min(0.95, math.ceil(hi * 1e4) / 1e4), "reconstruct": True}]})
+
+
+def _choose_measure(job: JobData, teacher_scores: np.ndarray, teacher_pred: np.ndarray, own_val_data: bool,
+                    progress: bool) -> tuple[JobData, Measure]:
+    """The measure every accuracy of the run is on (the search's rewards, the structure probes, the
+    fine-tune's epoch choice, the Pareto front, the budget verdict): top-1 against the labels, or
+    agreement with the teacher's predictions when there are no labels or the teacher fits the
+    validation images (compiler/teacher_fit.py). Agreement is measured by giving the validation
+    images the teacher's predictions as labels: every stage then measures it without knowing."""
+    n = len(job.val)
+    if job.val.y is None:
+        return job, Measure("agreement", job.val_images, n, "the data has no labels")
+    fit = teacher_fit(teacher_scores, job.val.y)
+    if fit is None or not fit.fits:
+        return job, Measure("top1", job.val_images, n)
+    seen = (f"the teacher scores {100 * fit.top1:.2f}% top-1 on the {job.val_images} (label cross-entropy "
+            f"{fit.cross_entropy:.3g})")
+    if own_val_data:
+        _say(progress, f"warning: {seen}: it fits them (were they among its training images?), so top-1 there says little "
+                       "about new images; the budget, the search and the report use agreement with the teacher instead. "
+                       "Pass images the teacher was not trained on with --val-data to judge top-1.")
+        note = ("the teacher fits these images: accuracy there is not a test accuracy; pass images the teacher was "
+                "not trained on with --val-data to judge top-1")
+    else:
+        _say(progress, f"warning: {seen}: they are probably its training images, so top-1 there measures fidelity to a "
+                       "teacher that memorised them, not accuracy; the budget, the search and the report use agreement "
+                       "with the teacher instead. Pass held-out images with --val-data to judge top-1.")
+        note = ("the teacher fits these images, probably its training data: accuracy there is not a test accuracy; "
+                "pass held-out images with --val-data to judge top-1")
+    val = Dataset(x=job.val.x, y=np.asarray(teacher_pred, dtype=np.int64))
+    return replace(job, val=val), Measure("agreement", job.val_images, n, note, fit.to_json())
+
+
+def _accuracy_note(student: float | None, teacher: float | None, drop: float, m: Measure) -> str:
+    """A student's accuracy next to the teacher's, naming the measure and the images."""
+    s, t = 100 * (student or 0.0), 100 * (teacher or 0.0)
+    if m.kind == "top1":
+        return f"accuracy {s:.2f}% ({0.0 - drop:+.2f} points vs the teacher's {t:.2f}%) on {m.images}"
+    return f"agreement with the teacher {s:.2f}% ({0.0 - drop:+.2f} points vs the teacher's own {t:.2f}%) on {m.images}"
+
+
+def _budget_note(drop: float, max_drop: float, m: Measure) -> str:
+    if m.kind == "top1":
+        return f"; the accuracy budget of {max_drop} points was NOT met at this target: a larger target (see the Pareto front) keeps more accuracy"
+    text = (f"; it disagrees with the teacher on {drop:.2f}% of these images, more than the budget of {max_drop} points "
+            "(judged on agreement, which bounds the top-1 it loses on them")
+    if m.fit is not None:  # the teacher fits the images: top-1 on new images is what the user wants
+        return text + "; on images the teacher has not seen the loss is usually smaller: pass them with --val-data to judge top-1)"
+    return text + "): a larger target (see the Pareto front) keeps more agreement"
 
 
 def accuracy_drop(teacher: float | None, student: float | None) -> float:

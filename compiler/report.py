@@ -37,6 +37,29 @@ class ModelMetrics:
 
 
 @dataclass(frozen=True)
+class Measure:
+    """What the accuracies of a run are and which images they were measured on: top-1 against the
+    labels, or top-1 agreement with the teacher's predictions (no labels, or a teacher that fits
+    the validation images: compiler/teacher_fit.py)."""
+
+    kind: str = "top1"  # "top1" | "agreement"
+    images: str = "the validation images"  # e.g. "1,000 validation images held out of --data train.npz"
+    n: int = 0
+    note: str | None = None  # why agreement, when it is
+    fit: dict[str, float] | None = None  # the teacher's top-1 and cross-entropy on the labels, when it fits them
+
+    @property
+    def name(self) -> str:
+        return "top-1" if self.kind == "top1" else "agreement with the teacher"
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.images}" + (f" ({self.note})" if self.note else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "images": self.images, "n": int(self.n), "note": self.note, **(self.fit or {})}
+
+
+@dataclass(frozen=True)
 class StudentReport:
     target: dict[str, float]
     plan: dict[str, Any]
@@ -67,6 +90,7 @@ class RunReport:
     # per target: the structure families compared by a short fine-tune (compiler/structure.py)
     probes: tuple[tuple[Any, ...], ...] = ()
     channel_multiple: int = 1  # kept channel counts were multiples of this where the budget allowed
+    measure: Measure = field(default_factory=Measure)  # what every accuracy above is, on which images
 
     def to_json(self) -> dict[str, Any]:
         main = self.students[0]
@@ -83,6 +107,7 @@ class RunReport:
             "seed": self.seed,
             "max_drop": self.max_drop,
             "classes": list(self.classes) if self.classes is not None else None,
+            "measure": self.measure.to_json(),
             "students": [
                 {
                     "target": s.target,
@@ -121,7 +146,8 @@ def _ratio(a: float, b: float) -> str:
 def summary_table(report: RunReport) -> str:
     """The teacher-vs-students table (Markdown, also printed at the end of a run)."""
     t = report.teacher
-    rows = ["| model | top-1 | MACs | params | size (bytes) | latency b1 (ms) | latency b32 (ms) | speed-up b32 |", "|---|---|---|---|---|---|---|---|"]
+    acc = "top-1" if report.measure.kind == "top1" else "agreement with teacher"
+    rows = [f"| model | {acc} | MACs | params | size (bytes) | latency b1 (ms) | latency b32 (ms) | speed-up b32 |", "|---|---|---|---|---|---|---|---|"]
 
     def row(name: str, m: ModelMetrics) -> str:
         lat = m.latency_ms
@@ -144,7 +170,7 @@ def to_markdown(report: RunReport, png_name: str | None) -> str:
     lines = [f"# onnxcompress report: {report.model}", ""]
     if report.classes is not None:
         lines += [f"Specialised for classes {list(report.classes)} (accuracy on those classes only).", ""]
-    lines += [summary_table(report), ""]
+    lines += [f"Accuracy: {report.measure.describe()}.", "", summary_table(report), ""]
     for s in report.students:
         lines.append(f"- target {s.target}: {s.note}")
     lines += [
@@ -156,8 +182,9 @@ def to_markdown(report: RunReport, png_name: str | None) -> str:
     ]
     for s, probes in zip(report.students, report.probes):
         if probes:
-            lines += [f"Structure families for {s.target} (validation top-1 before and after a short fine-tune; the best probe is kept):", "",
-                      "| removed | top-1 before | top-1 after probe | MACs |", "|---|---|---|---|"]
+            name = report.measure.name
+            lines += [f"Structure families for {s.target} (validation {name} before and after a short fine-tune; the best probe is kept):", "",
+                      f"| removed | {name} before | {name} after probe | MACs |", "|---|---|---|---|"]
             lines += [f"| {', '.join(p.removed) or '—'} | {100 * (p.search_accuracy or 0):.2f} | {100 * p.probe_accuracy:.2f} | {p.macs:,} |" for p in probes]
             lines.append("")
     for s in report.students:
@@ -191,7 +218,7 @@ def plot_pareto(report: RunReport, path: Path) -> None:
         if s.metrics.accuracy is not None:
             ax.scatter([s.metrics.macs / t.macs], [100 * s.metrics.accuracy], marker="D", s=60, color="tab:red", zorder=6, label=f"student {s.target}")
     ax.set_xlabel("MACs (fraction of teacher)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel("top-1 accuracy (%)" if report.measure.kind == "top1" else "top-1 agreement with the teacher (%)")
     ax.set_title(f"{report.model}: accuracy vs MACs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

@@ -192,6 +192,7 @@ def cmd_compress(args) -> int:
         if report_path is not None:
             write_report(report, report_path)
         shutil.rmtree(ckpt, ignore_errors=True)
+    print(f"Accuracy: {report.measure.describe()}.")
     print(summary_table(report))
     for s, out in zip(result.students, students):
         print(f"wrote {out}: {s.note}")
@@ -272,6 +273,7 @@ def cmd_demo(args) -> int:
         student_path = save_model_atomic(result.model, out_dir / "student.onnx")
         report = replace(result.report, students=tuple(replace(r, output=str(student_path)) for r in result.report.students))
         jp, md, png = write_report(report, out_dir / "report.json")
+    print(f"Accuracy: {report.measure.describe()}.")
     print(summary_table(report))
     print(f"\nwrote {student_path}, {jp}, {md}, {png}")
     print(result.students[0].note)

@@ -26,7 +26,9 @@ def job(tmp_path_factory):
     x = rng.integers(0, 255, (600, 8, 8, 3), dtype=np.uint8)
     s = make_session(teacher)
     logits = s.run(None, {"x": (x.astype(np.float32) / 255.0).transpose(0, 3, 1, 2)})[0]
-    np.savez(d / "train.npz", x=x, y=logits.argmax(1))  # labels the teacher gets right
+    y = logits.argmax(1)
+    y[::10] = (y[::10] + 1) % logits.shape[1]  # labels the teacher gets right on 90 %: it does not fit them (teacher_fit.py)
+    np.savez(d / "train.npz", x=x, y=y)
     return d
 
 
