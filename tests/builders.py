@@ -121,5 +121,7 @@ def conv_macs(model: onnx.ModelProto) -> int:
             out = shapes[n.output[0]]
             total += int(np.prod(w.shape)) * out[2] * out[3]
         elif n.op_type in ("Gemm", "MatMul") and n.input[1] in inits:
-            total += int(np.prod(inits[n.input[1]].shape))
+            # a MatMul on (N, ..., C) applies its weight at every position between batch and channels
+            rows = int(np.prod(shapes[n.output[0]][1:-1])) if n.op_type == "MatMul" and n.output[0] in shapes else 1
+            total += int(np.prod(inits[n.input[1]].shape)) * rows
     return total

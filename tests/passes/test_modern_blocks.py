@@ -57,8 +57,8 @@ def silence_and_prune(model: onnx.ModelProto, gid: str, drop: list[int]) -> tupl
     for s in a.slices:
         if s.role not in ("out", "param", "dw", "bn_scale") or not set(s.layout.spaces) & set(g.spaces):
             continue
-        if s.role in ("param", "bn_scale") and nodes[s.node].op_type not in ("Conv", "Gemm", "MatMul"):
-            continue  # BN/LN shifts: a zero producer row already silences the channel before them
+        if nodes[s.node].op_type in ("BatchNormalization", "LayerNormalization", "InstanceNormalization"):
+            continue  # normalisation shifts: a zero producer row already silences the channel before them
         init = inits[nodes[s.node].input[s.input_index]]
         w = onnx.numpy_helper.to_array(init).copy()
         kept = set(s.layout.indices(by_space).tolist())
@@ -126,3 +126,85 @@ def test_grouped_conv_output_side_and_uniform_plan(tmp_path):
     half = apply_plan(m, Plan.from_json({"passes": [{"pass": "prune_channels", "ratio": 0.5}]}))
     assert run(half).shape == (len(X), 10)
     assert model_cost(half).macs == conv_macs(half) < 0.4 * model_cost(m).macs
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt: depthwise 7x7 -> channels-last LayerNorm -> Linear 4x -> GELU -> Linear -> layer
+    scale -> residual."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 2, stride=2)
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.pw1, self.pw2 = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.rand(c) + 0.5)
+        self.fc = nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.gamma * self.pw2(F.gelu(self.pw1(self.norm(y))))
+        x = x + y.permute(0, 3, 1, 2)
+        return self.fc(x.mean((2, 3)))
+
+
+class GhostSE(nn.Module):
+    """GhostNet's ghost module (a primary conv and a cheap depthwise conv of its output,
+    concatenated and sliced to the output width) followed by squeeze-excitation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.primary = nn.Sequential(nn.Conv2d(3, 12, 1), nn.BatchNorm2d(12), nn.ReLU())
+        self.cheap = nn.Sequential(nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.BatchNorm2d(12), nn.ReLU())
+        self.se_reduce, self.se_expand = nn.Conv2d(20, 8, 1), nn.Conv2d(8, 20, 1)
+        self.conv = nn.Conv2d(20, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        p = self.primary(x)
+        x = torch.cat([p, self.cheap(p)], 1)[:, :20]
+        gate = torch.sigmoid(self.se_expand(F.relu(self.se_reduce(F.adaptive_avg_pool2d(x, 1)))))
+        x = F.relu(self.conv(x * gate))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class SplitTransform(nn.Module):
+    """Split-transform-merge (ShuffleNetV2's unit without the shuffle, MobileViT's split): the
+    channels are split in two, one half is transformed, the halves are concatenated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+        self.branch = nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 1), nn.ReLU())
+        self.head = nn.Conv2d(16, 16, 1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        a, b = x.chunk(2, dim=1)
+        x = F.relu(self.head(torch.cat([a, self.branch(b)], 1)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+BLOCKS = {"convnext": ConvNeXtBlock, "ghost_se": GhostSE, "split_transform": SplitTransform}
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_block_kinds_prune_losslessly_and_shrink(name, tmp_path):
+    m = _export(BLOCKS[name](), tmp_path, name)
+    a = analyze(import_graph(m))
+    frozen = [g for g in a.groups if not g.prunable]
+    assert frozen == [a.groups[-1]], [g.reason for g in frozen]  # only the logits
+    lossy = {n.name for n in import_graph(m).nodes if n.op == "LayerNormalization"}
+    for g in a.groups[:-1]:
+        if g.channels < 2:
+            continue
+        silenced, pruned = silence_and_prune(m, g.id, [g.channels - 1])
+        assert run(pruned).shape == (len(X), 10)
+        assert model_cost(pruned).macs == conv_macs(pruned) == SearchCost(a).macs({g.id: g.channels - 1})
+        if not lossy & set(g.members):  # LayerNorm's statistics change with its channel count
+            np.testing.assert_allclose(run(pruned), run(silenced), rtol=1e-4, atol=1e-5, err_msg=f"{name} {g.id}")
+    half = apply_plan(m, Plan.from_json({"passes": [{"pass": "prune_channels", "ratio": 0.5}]}))
+    assert run(half).shape == (len(X), 10)
+    assert model_cost(half).macs == conv_macs(half) < 0.45 * model_cost(m).macs
