@@ -268,7 +268,7 @@ def torch_teacher(b: Bench):
     x = np.asarray(b.task.test.x[:16])
     expected = run_batched(make_session(b.task.teacher), x)
     with torch.no_grad():
-        got = module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+        got = module(torch.from_numpy(np.array(x))).numpy()
     err = float(np.abs(got - expected).max() / max(1e-12, np.abs(expected).max()))
     if err > 1e-3:
         raise RuntimeError(f"the PyTorch {b.key} does not reproduce the ONNX teacher (relative error {err:.1e})")
