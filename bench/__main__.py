@@ -1,5 +1,5 @@
 """`python -m bench all [--quick]` runs every benchmark and rebuilds BENCHMARKS.md;
-`python -m bench NAME` runs one (structural, quantize, search, landscape, finetune, peers, e2e)."""
+`python -m bench NAME` runs one (structural, quantize, search, landscape, finetune, peers, anchors, e2e)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ BENCHES = {
     "landscape": "bench.landscape_bench",
     "finetune": "bench.finetune_bench",
     "peers": "bench.peers_bench",
+    "anchors": "bench.anchors_bench",
     "e2e": "bench.e2e_bench",
 }
 # how each benchmark spells quick mode (the search benchmark takes an episode budget instead)
