@@ -261,10 +261,16 @@ def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx's shape inference, completed where it leaves shapes unknown (compiler/shapes.py: a
+    Reshape whose target is computed at run time, as in ShuffleNetV2's channel shuffle), so that
+    costs and the channel analysis see every shape at the analysed input size."""
+    from onnxcompress.compiler.shapes import resolve_shapes
+
     try:
-        return shape_inference.infer_shapes(model, data_prop=True)
+        inferred = shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:
         raise ModelError(f"onnx shape inference fails on the model: {str(exc).splitlines()[0]}") from None
+    return resolve_shapes(inferred)
 
 
 def _const(t: gs.Tensor) -> np.ndarray | None:
