@@ -521,6 +521,9 @@ def _canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     model = _symbolic_batch(model)
     model = _infer(model)
     graph = import_graph(model)
+    from onnxcompress.compiler.runtime import quiet_onnxruntime
+
+    quiet_onnxruntime()  # the folder runs onnxruntime sessions of its own
     try:
         graph.fold_constants(error_ok=True)
     except Exception:  # folding is an optimisation; a model it cannot fold is still valid

@@ -4,7 +4,6 @@ onnxruntime (compiler/shapes.py), so `inspect` counts the MACs a run really does
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,48 +17,13 @@ from onnxcompress.compiler import shapes
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.runtime import make_session
 
-torch = pytest.importorskip("torch")
-nn = torch.nn
-
-
-class _ShuffleUnit(nn.Module):
-    """ShuffleNetV2's basic unit: split, a 1x1-dw3x3-1x1 branch on one half, concat, shuffle."""
-
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        h = c // 2
-        self.branch = nn.Sequential(nn.Conv2d(h, h, 1), nn.ReLU(), nn.Conv2d(h, h, 3, padding=1, groups=h), nn.Conv2d(h, h, 1), nn.ReLU())
-
-    def forward(self, x):
-        a, b = x.chunk(2, dim=1)
-        x = torch.cat([a, self.branch(b)], 1)
-        n, c, h, w = x.shape
-        return x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, -1, h, w)
-
-
-class _ShuffleNet(nn.Module):
-    def __init__(self, c: int = 16) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, c, 3, padding=1)
-        self.units = nn.Sequential(_ShuffleUnit(c), _ShuffleUnit(c))
-        self.down = nn.Conv2d(c, 2 * c, 3, padding=1, stride=2)
-        self.fc = nn.Linear(2 * c, 10)
-
-    def forward(self, x):
-        x = self.units(torch.relu(self.stem(x)))
-        return self.fc(torch.relu(self.down(x)).mean((2, 3)))
+from tests.torch_models import ShuffleNet, export
 
 
 @pytest.fixture(scope="module")
 def shufflenet(tmp_path_factory) -> Path:
     """Exported with a dynamic batch, so the shuffle's reshape target is computed at run time."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("shapes") / "shufflenet.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_ShuffleNet().eval(), torch.zeros(1, 3, 16, 16), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-    return path
+    return export(ShuffleNet(), tmp_path_factory.mktemp("shapes") / "shufflenet.onnx", (3, 16, 16))
 
 
 def runtime_macs(model: onnx.ModelProto, sample_shape: tuple[int, ...]) -> int:
