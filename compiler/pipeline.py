@@ -221,7 +221,7 @@ def compress(
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     model_name = name or (Path(model).name if not isinstance(model, onnx.ModelProto) else "model.onnx")
     # a dynamic input size pinned, a sigmoid head searched and trained as two classes
-    original, note = as_classifier(original, data, input_size, model_name, classes)
+    original, note = as_classifier(original, data, input_size, model_name, classes, needs_scores="compress")
     if note:
         _say(progress, note)
     if is_quantized(original):

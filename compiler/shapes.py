@@ -148,3 +148,31 @@ def resolve_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         found.update(_measured(model, missing))
     _write(model, found)
     return model
+
+
+def output_shape(model: onnx.ModelProto) -> list[int | None] | None:
+    """The dims of the first graph output (None for a symbolic one, the batch included); when the
+    model declares some non-batch dims symbolically (exporters do for flattened heads), they are
+    inferred at the model's input size. None when even that leaves the rank unknown."""
+    out = model.graph.output[0]
+
+    def dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            return None
+        return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+
+    declared = dims(out)
+    if declared is not None and None not in declared[1:]:
+        return declared
+    from onnxcompress.compiler.onnx_io import dynamic_batch
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(dynamic_batch(model))
+    del probe.graph.value_info[:]
+    try:
+        inferred = resolve_shapes(onnx.shape_inference.infer_shapes(probe, data_prop=True))
+    except Exception:  # noqa: BLE001 - an inconsistent model: the command reports it later, in its own words
+        return declared
+    found = next((o for o in inferred.graph.output if o.name == out.name), None)
+    return dims(found) if found is not None else declared

@@ -32,15 +32,17 @@ def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathL
     return out
 
 
-def load_input_model(path, args, data=None):
+def load_input_model(path, args, data=None, needs_scores=None):
     """Reads a model given on the command line as the compiler works on it (compiler.data.
     as_classifier: a dynamic height/width pinned to --input-size or the `.npz` images, with a note;
-    a sigmoid head as two classes), validated before any data is read (its errors would otherwise
-    be about the wrong thing)."""
+    a sigmoid head as two classes; `needs_scores`, the command's name, when it reads the output as
+    class scores: a model that is not a classifier is refused), validated before any data is read
+    (its errors would otherwise be about the wrong thing)."""
     from onnxcompress.compiler.data import as_classifier
     from onnxcompress.compiler.onnx_io import load_model, validate_classifier
 
-    model, note = as_classifier(load_model(path), data, getattr(args, "input_size", None), Path(path).name, getattr(args, "classes", None))
+    model, note = as_classifier(load_model(path), data, getattr(args, "input_size", None), Path(path).name, getattr(args, "classes", None),
+                                needs_scores=needs_scores)
     if note:
         print(note, file=sys.stderr)
     validate_classifier(model)
@@ -108,8 +110,8 @@ def cmd_eval(args) -> int:
     from onnxcompress import api
     from onnxcompress.compiler.config import parse_int_list
 
-    model = load_input_model(args.model, args, args.data)
-    teacher = load_input_model(args.teacher, args, args.data) if args.teacher else None
+    model = load_input_model(args.model, args, args.data, needs_scores="eval")
+    teacher = load_input_model(args.teacher, args, args.data, needs_scores="eval") if args.teacher else None
     classes = parse_int_list(args.classes, "--classes") if args.classes else None
     ds = api.read_data(args.data, model, preprocess_from_args(args, model), limit=args.limit)
     if not classes:
@@ -151,7 +153,7 @@ def cmd_compress(args) -> int:
     report_path = None
     if args.report:
         report_path = check_output_path(args.report, [model_path])
-    original = load_input_model(model_path, args, args.data)
+    original = load_input_model(model_path, args, args.data, needs_scores="compress")
     if not args.classes:
         preprocessing_note(args, original, args.data)
     ckpt = Path(str(outputs[0]) + ".checkpoint")
@@ -210,8 +212,8 @@ def cmd_finetune(args) -> int:
     from onnxcompress.compiler.trainer import finetune
 
     out = check_output_path(args.output, [args.model, args.teacher])
-    student = load_input_model(args.model, args, args.data)
-    teacher_model = load_input_model(args.teacher, args, args.data)
+    student = load_input_model(args.model, args, args.data, needs_scores="finetune")
+    teacher_model = load_input_model(args.teacher, args, args.data, needs_scores="finetune")
     if not args.classes and not Preprocess.recorded_in(student):
         preprocessing_note(args, teacher_model, args.data)
     teacher = canonicalize(teacher_model)
