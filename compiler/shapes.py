@@ -75,10 +75,16 @@ def _symbolic(model: onnx.ModelProto, names: list[str]) -> dict[str, onnx.ValueI
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception:  # noqa: BLE001 - an op it does not know, a sympy failure: fall back to a run
-        return {}
-    if inferred is None:
+        # SymbolicShapeInference.infer_shapes, minus its failure path, which saves the model (all
+        # its weights) as sym_shape_infer_temp.onnx in the working directory and raises: the
+        # shapes it did resolve are kept, the rest come from a run
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference._preprocess(model)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        inferred = inference.out_mp_
+    except Exception:  # noqa: BLE001 - an op it does not know, a sympy failure, another version: fall back to a run
         return {}
     batch = _batch_params(model)
     wanted = set(names)
