@@ -148,7 +148,7 @@ def resolve_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     names = unresolved(model)
     if not names:
         return model
-    found = _symbolic(model, names)
+    found = _symbolic(weightless(model), names)
     missing = [n for n in names if n not in found]
     if missing:
         found.update(_measured(model, missing))
@@ -182,3 +182,46 @@ def output_shape(model: onnx.ModelProto) -> list[int | None] | None:
         return declared
     found = next((o for o in inferred.graph.output if o.name == out.name), None)
     return dims(found) if found is not None else declared
+
+
+WEIGHTLESS_MAX_BYTES = 4096  # initializers up to this size keep their values (shape tensors, small constants)
+
+
+def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` in which each large initializer is a graph input of the same name, type
+    and shape instead. Shape inference and the checker need no more than that, and serialise the
+    model they are given (and onnx's C++ side parses it again): on a 550 MB VGG-16 that was 2 GB of
+    transient copies per call. Small initializers (Reshape targets and other constants that data
+    propagation reads) stay."""
+    graph = model.graph
+    light = onnx.GraphProto(name=graph.name, doc_string=graph.doc_string)
+    light.node.extend(graph.node)
+    light.input.extend(graph.input)
+    light.output.extend(graph.output)
+    light.value_info.extend(graph.value_info)
+    light.sparse_initializer.extend(graph.sparse_initializer)
+    declared = {i.name for i in graph.input}
+    for init in graph.initializer:
+        if init.ByteSize() <= WEIGHTLESS_MAX_BYTES:
+            light.initializer.append(init)
+        elif init.name not in declared:
+            light.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    out = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name, producer_version=model.producer_version,
+                          domain=model.domain, model_version=model.model_version, doc_string=model.doc_string)
+    out.opset_import.extend(model.opset_import)
+    out.metadata_props.extend(model.metadata_props)
+    out.functions.extend(model.functions)
+    out.graph.CopyFrom(light)
+    return out
+
+
+def copy_shapes(source: onnx.ModelProto, dest: onnx.ModelProto) -> onnx.ModelProto:
+    """`dest` (changed in place, returned) with the value info and graph output types of `source`
+    (the same graph, e.g. its weightless copy after shape inference)."""
+    del dest.graph.value_info[:]
+    dest.graph.value_info.extend(source.graph.value_info)
+    types = {o.name: o.type for o in source.graph.output}
+    for o in dest.graph.output:
+        if o.name in types:
+            o.type.CopyFrom(types[o.name])
+    return dest

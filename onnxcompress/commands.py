@@ -96,12 +96,13 @@ def cmd_apply(args) -> int:
     if args.data:
         preprocessing_note(args, original, args.data)
     preprocess = preprocess_from_args(args, original)
+    from onnxcompress.compiler.cost import model_cost
+
+    before = model_cost(api.load(original))  # before the student exists: one big model in memory at a time
     student = api.apply(original, plan, data=args.data, preprocess=preprocess, seed=args.seed)  # a sigmoid head restored
     with interrupts.committing():
         save_model_atomic(student, out)
-    from onnxcompress.compiler.cost import model_cost
-
-    before, after = model_cost(api.load(original)), model_cost(student)
+    after = model_cost(student)
     print(f"wrote {out}: MACs {after.macs:,} ({after.macs / max(before.macs, 1):.3f}x), params {after.params:,} ({after.params / max(before.params, 1):.3f}x), {after.size_bytes:,} bytes")
     return 0
 
@@ -143,6 +144,9 @@ def cmd_compress(args) -> int:
         Target.parse(t)
     if args.classes:
         parse_int_list(args.classes, "--classes")
+    from onnxcompress.compiler.device import resolve_device
+
+    resolve_device(args.device)  # --device cuda on a machine without CUDA: refused before any work
     from onnxcompress.compiler.onnx_io import save_model_atomic
     from onnxcompress.compiler.pipeline import compress, interruptible
     from onnxcompress.compiler.report import summary_table, write_report
@@ -183,6 +187,7 @@ def cmd_compress(args) -> int:
             name=model_path.name,
             families=args.families,
             channel_multiple=args.channel_multiple,
+            device=args.device,
         )
     students = []
     report = result.report
@@ -209,8 +214,10 @@ def cmd_finetune(args) -> int:
     from onnxcompress.compiler.kd import KDConfig
     from onnxcompress.compiler.onnx_io import canonicalize, num_classes, save_model_atomic
     from onnxcompress.compiler.pipeline import finetune_config, interruptible
+    from onnxcompress.compiler.device import resolve_device
     from onnxcompress.compiler.trainer import finetune
 
+    hardware = resolve_device(args.device, evaluates=False)
     out = check_output_path(args.output, [args.model, args.teacher])
     student = load_input_model(args.model, args, args.data, needs_scores="finetune")
     teacher_model = load_input_model(args.teacher, args, args.data, needs_scores="finetune")
@@ -227,7 +234,7 @@ def cmd_finetune(args) -> int:
     val = load_data(args.val_data, spec, preprocess, classes=classes, num_classes=n) if args.val_data else None
     kinds = tuple(k.strip() for k in args.kd.split(",") if k.strip())
     config = replace(
-        finetune_config(args.epochs, args.seed, classes),
+        finetune_config(args.epochs, args.seed, classes, hardware.torch),
         kd=KDConfig(kinds=kinds),
     )
     ckpt = Path(str(out) + ".checkpoint")
