@@ -168,10 +168,10 @@ def _default_agent(target: Target) -> str:
     return "ddpg" if structural else "haq"
 
 
-def finetune_config(epochs: int, seed: int, classes: tuple[int, ...] | None) -> FinetuneConfig:
+def finetune_config(epochs: int, seed: int, classes: tuple[int, ...] | None, device: str = "cpu") -> FinetuneConfig:
     # the trainer's defaults (AdamW, small lr) are deliberate: SGD at 0.01 wrecks models fed raw
     # 0..255 pixels (MLPerf ResNet-8: 77 % -> 28 % in one epoch), AdamW is scale-invariant
-    return FinetuneConfig(epochs=epochs, seed=seed, kd=KDConfig(kinds=("hinton", "attention")), teacher_classes=classes)
+    return FinetuneConfig(epochs=epochs, seed=seed, kd=KDConfig(kinds=("hinton", "attention")), teacher_classes=classes, device=device)
 
 
 def compress(
@@ -197,10 +197,15 @@ def compress(
     families: int = 3,
     channel_multiple: int | None = None,
     input_size: tuple[int, int] | None = None,
+    device: str = "auto",
 ) -> CompressResult:
     """Searches, rewrites and fine-tunes a student per target. See the module docstring.
     `input_size`: the height and width for a model exported with dynamic ones (default: the size
-    of the `.npz` images)."""
+    of the `.npz` images). `device`: auto, cpu or cuda (compiler/device.py): torch's CUDA device
+    for fine-tuning and onnxruntime's CUDA provider for evaluating candidates, when present."""
+    from onnxcompress.compiler.device import resolve_device
+
+    hardware = resolve_device(device)
     targets = target if isinstance(target, (list, tuple)) else [target]
     config = CompressConfig(
         targets=tuple(t if isinstance(t, Target) else Target.parse(t) for t in targets),
@@ -252,7 +257,7 @@ def compress(
     if teacher_metrics.accuracy is None:
         teacher_metrics = replace(teacher_metrics, accuracy=1.0)  # agreement with itself
 
-    outcome = _search(base, teacher, job, config, save_policy, load_policy)
+    outcome = _search(base, teacher, job, config, save_policy, load_policy, hardware)
 
     built: list[tuple[Target, Plan, onnx.ModelProto, float | None]] = []
     ft_wall = 0.0
@@ -271,7 +276,7 @@ def compress(
                 teacher,
                 job.train,
                 job.val,
-                finetune_config(config.finetune_epochs, config.seed, config.classes),
+                finetune_config(config.finetune_epochs, config.seed, config.classes, hardware.torch),
                 checkpoint_dir=ckpt,
                 progress=progress,
             )
@@ -335,6 +340,7 @@ def compress(
         max_drop=config.max_drop,
         probes=outcome.probes,
         channel_multiple=outcome.channel_multiple,
+        device=hardware.label,
     )
     # the students as the user's teacher was: a single-score head gets its single score back
     return CompressResult(teacher_metrics, tuple(replace(s, model=binary_head.restore_single_score(s.model)) for s in students), report)
@@ -358,7 +364,8 @@ class SearchOutcome:
 DEFAULT_EPISODES = {"ddpg": 60, "reinforce": 60, "haq": 40, "random": 60, "uniform": 12, "greedy": 40}
 
 
-def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, config: CompressConfig, save_policy, load_policy) -> SearchOutcome:
+def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, config: CompressConfig, save_policy, load_policy,
+            hardware=None) -> SearchOutcome:  # noqa: ANN001 - a compiler.device.Device
     from onnxcompress.compiler import structure
     from onnxcompress.compiler.hardware import channel_multiple
     from onnxcompress.search.driver import SearchConfig, run_search
@@ -383,6 +390,7 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
         # data-driven channel choice: measured better than filter norms after refitting (ResNet-8
         # at 0.49x MACs, no fine-tuning: 53.2 % vs 48.5 % top-1); checked per model below
         criterion=CRITERIA[0],
+        providers=hardware.providers if hardware is not None else ("CPUExecutionProvider",),
     )
     executor = ExecutorConfig(kind="ray" if config.executor == "ray" else "local", workers=config.workers, ray_address=config.ray_address)
     structural = all(t.size is None for t in config.targets)
@@ -420,7 +428,8 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
     choices, probes = [], []
     probe_start = time.perf_counter()
     # probes only run with several families, which need fine-tuning (epochs >= 1)
-    ft_config = finetune_config(config.finetune_epochs, config.seed, config.classes) if config.finetune_epochs > 0 else None
+    ft_config = (finetune_config(config.finetune_epochs, config.seed, config.classes, hardware.torch if hardware is not None else "cpu")
+                 if config.finetune_epochs > 0 else None)
     for k, tgt in enumerate(config.targets):
         options = [(removed, r.best[k]) for removed, r in results if r.best[k].plan is not None]
         if baseline is not None and baseline.best[k].plan is not None:

@@ -31,8 +31,10 @@ def quiet_onnxruntime() -> None:
 quiet_onnxruntime()
 
 
-def make_session(model: onnx.ModelProto | bytes, threads: int = 1, optimize: bool = True) -> ort.InferenceSession:
-    """An onnxruntime CPU session for an in-memory model."""
+def make_session(model: onnx.ModelProto | bytes, threads: int = 1, optimize: bool = True,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+    """An onnxruntime session for an in-memory model, on the CPU unless `providers` says otherwise
+    (compiler/device.py)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -41,7 +43,7 @@ def make_session(model: onnx.ModelProto | bytes, threads: int = 1, optimize: boo
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     data = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(data, sess_options=opts, providers=list(providers))
 
 
 def run_batched(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256, output: int = 0) -> np.ndarray:

@@ -160,16 +160,21 @@ def finetune(
     preprocess: Preprocess | None = None,
     progress: bool = True,
     input_size: tuple[int, int] | None = None,
+    device: str = "auto",
 ):
-    """KD fine-tuning of a student from its teacher; returns (tuned model, FinetuneResult)."""
+    """KD fine-tuning of a student from its teacher; returns (tuned model, FinetuneResult).
+    `device`: auto, cpu or cuda (torch's CUDA device when present with auto)."""
+    from onnxcompress.compiler.device import resolve_device
     from onnxcompress.compiler.kd import KDConfig
     from onnxcompress.compiler.trainer import FinetuneConfig, finetune as _finetune
 
+    hardware = resolve_device(device, evaluates=False)
     s = _read(student, data, input_size, needs_scores="finetune")
     t = canonicalize(_read(teacher, data, input_size, needs_scores="finetune"))
     pre = preprocess or Preprocess.from_model(t)
     train = read_data(data, t, pre, classes=classes)
     val = read_data(val_data, t, pre, classes=classes) if val_data is not None else None
-    config = FinetuneConfig(epochs=epochs, seed=seed, kd=KDConfig(kinds=tuple(kd)), teacher_classes=tuple(classes) if classes else None)
+    config = FinetuneConfig(epochs=epochs, seed=seed, kd=KDConfig(kinds=tuple(kd)), teacher_classes=tuple(classes) if classes else None,
+                            device=hardware.torch)
     tuned, result = _finetune(s, t, train, val, config, progress=progress)
     return binary_head.restore_single_score(tuned), result
