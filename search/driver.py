@@ -70,6 +70,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(Target.from_json(t) for t in self.targets))
+        object.__setattr__(self, "providers", tuple(self.providers))
         if not self.targets:
             raise UsageError("a search needs at least one target")
         if self.episodes < 1 or self.batch < 1 or self.checkpoint_every < 1:
