@@ -229,10 +229,13 @@ def input_layout(model: onnx.ModelProto) -> Layout:
 
 
 def as_classifier(model: onnx.ModelProto, data: str | Path | None = None, input_size: tuple[int, int] | None = None,
-                  name: str = "the model", classes: Sequence[int] | None = None) -> tuple[onnx.ModelProto, str | None]:
+                  name: str = "the model", classes: Sequence[int] | None = None,
+                  needs_scores: str | None = None) -> tuple[onnx.ModelProto, str | None]:
     """(model, note): a user's model as every command and API function works on it: a dynamic
     input height/width pinned (`fit_input_size`), and a single-score (sigmoid) binary head seen as
-    two classes (compiler/binary_head.py; what writes models gives the single score back)."""
+    two classes (compiler/binary_head.py; what writes models gives the single score back).
+    `needs_scores`: the command or function about to read the output as class scores (labels,
+    top-1, KD on logits), which refuses a model that is not a classifier (`class_scores_problem`)."""
     from onnxcompress.compiler import binary_head
     from onnxcompress.errors import UsageError
 
@@ -241,7 +244,30 @@ def as_classifier(model: onnx.ModelProto, data: str | Path | None = None, input_
         if classes:
             raise UsageError("--classes does not apply to a binary classifier with a single score (it has no classes to keep)")
         model = binary_head.two_class_view(model)
+    if needs_scores is not None:
+        problem = class_scores_problem(model)
+        if problem is not None:
+            raise ModelError(f"{name}: {problem}, so {needs_scores} cannot use it (structural `apply` and `inspect` still work)")
     return model, note
+
+
+def class_scores_problem(model: onnx.ModelProto) -> str | None:
+    """Why the model's output is not class scores [N, classes] (trailing 1-dims squeezed, as in
+    SqueezeNet's [N, 1000, 1, 1]), or None when it is. A segmentation map [N, 21, H, W] or a
+    detector's [N, 84, 8400] would otherwise be fitted to labels and scored as top-1 0.00 %."""
+    from onnxcompress.compiler.shapes import output_shape
+
+    dims = output_shape(model)
+    if dims is None:
+        return None  # rank unknown even at run time: nothing to judge by
+    squeezed = list(dims)
+    while len(squeezed) > 2 and squeezed[-1] == 1:
+        squeezed.pop()
+    if len(squeezed) == 2:
+        return None
+    shown = ", ".join(["N", *("?" if d is None else str(d) for d in dims[1:])]) if dims else ""
+    return (f"its output '{model.graph.output[0].name}' has shape [{shown}], not class scores [N, classes]; "
+            "onnxcompress compresses classifiers")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 import onnx
 
 from onnxcompress.compiler import binary_head
-from onnxcompress.compiler.cost import model_cost
+from onnxcompress.compiler.cost import model_cost, serialized_size
 from onnxcompress.compiler.ir import Analysis, analyze
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, opset_of
 
@@ -47,7 +47,7 @@ def inspect_model(name: str, original: onnx.ModelProto, canonical: onnx.ModelPro
         "outputs": [_value_info(o) for o in binary_head.restore_single_score(original).graph.output],  # as the user's file has them
         "macs": cost.macs,
         "params": cost.params,
-        "size_bytes": original.ByteSize(),
+        "size_bytes": serialized_size(original),
         "layers": [l.to_json() for l in analysis.layers],
         "groups": [g.to_json() for g in analysis.groups],
         "removable": [u.to_json() for u in analysis.removable],

@@ -111,9 +111,12 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def check(model: onnx.ModelProto, what: str = "the model") -> None:
-    """onnx.checker with a one-line error."""
+    """onnx.checker with a one-line error. It checks a copy without the weights' values (it would
+    serialise them, and its C++ side parse them again); validate_classifier reads every weight."""
+    from onnxcompress.compiler.shapes import weightless
+
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(weightless(model))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"onnx.checker rejects {what}: {first}") from None
@@ -261,10 +264,17 @@ def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx's shape inference, completed where it leaves shapes unknown (compiler/shapes.py: a
+    Reshape whose target is computed at run time, as in ShuffleNetV2's channel shuffle), so that
+    costs and the channel analysis see every shape at the analysed input size."""
+    from onnxcompress.compiler.shapes import copy_shapes, resolve_shapes, weightless
+
     try:
-        return shape_inference.infer_shapes(model, data_prop=True)
+        # on a copy without the weights (it serialises the model twice), shapes copied back
+        inferred = shape_inference.infer_shapes(weightless(model), data_prop=True)
     except Exception as exc:
         raise ModelError(f"onnx shape inference fails on the model: {str(exc).splitlines()[0]}") from None
+    return resolve_shapes(copy_shapes(inferred, model))
 
 
 def _const(t: gs.Tensor) -> np.ndarray | None:
@@ -424,7 +434,8 @@ def _unshare_initializers(graph: gs.Graph) -> None:
     """A non-scalar constant used by several nodes gets a copy per extra consumer, so that slicing
     one layer's weight can never change another layer."""
     for tensor in list(graph.tensors().values()):
-        if not isinstance(tensor, gs.Constant) or tensor.values.size <= 1 or len(tensor.outputs) <= 1:
+        # the shape, not the values: reading values loads a lazily imported weight into memory
+        if not isinstance(tensor, gs.Constant) or int(np.prod(tensor.shape)) <= 1 or len(tensor.outputs) <= 1:
             continue
         for k, consumer in enumerate(list(tensor.outputs)[1:], start=1):
             copy = gs.Constant(f"{tensor.name}__{consumer.name}", np.array(tensor.values))
@@ -508,13 +519,20 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
-    model = onnx.ModelProto.FromString(model.SerializeToString())  # never touch the caller's copy
-    template = onnx.ModelProto.FromString(model.SerializeToString())
+    template = onnx.ModelProto(ir_version=model.ir_version)  # what export_graph takes from the original
+    template.opset_import.extend(model.opset_import)
+    template.metadata_props.extend(model.metadata_props)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # never touch the caller's model
+    model = copy
     model = _widen_fp16(model)
     model = _upgrade_opset(model)
     model = _symbolic_batch(model)
     model = _infer(model)
     graph = import_graph(model)
+    from onnxcompress.compiler.runtime import quiet_onnxruntime
+
+    quiet_onnxruntime()  # the folder runs onnxruntime sessions of its own
     try:
         graph.fold_constants(error_ok=True)
     except Exception:  # folding is an optimisation; a model it cannot fold is still valid

@@ -173,10 +173,10 @@ def _default_agent(target: Target) -> str:
     return "ddpg" if structural else "haq"
 
 
-def finetune_config(epochs: int, seed: int, classes: tuple[int, ...] | None) -> FinetuneConfig:
+def finetune_config(epochs: int, seed: int, classes: tuple[int, ...] | None, device: str = "cpu") -> FinetuneConfig:
     # the trainer's defaults (AdamW, small lr) are deliberate: SGD at 0.01 wrecks models fed raw
     # 0..255 pixels (MLPerf ResNet-8: 77 % -> 28 % in one epoch), AdamW is scale-invariant
-    return FinetuneConfig(epochs=epochs, seed=seed, kd=KDConfig(kinds=("hinton", "attention")), teacher_classes=classes)
+    return FinetuneConfig(epochs=epochs, seed=seed, kd=KDConfig(kinds=("hinton", "attention")), teacher_classes=classes, device=device)
 
 
 def compress(
@@ -202,10 +202,15 @@ def compress(
     families: int = 3,
     channel_multiple: int | None = None,
     input_size: tuple[int, int] | None = None,
+    device: str = "auto",
 ) -> CompressResult:
     """Searches, rewrites and fine-tunes a student per target. See the module docstring.
     `input_size`: the height and width for a model exported with dynamic ones (default: the size
-    of the `.npz` images)."""
+    of the `.npz` images). `device`: auto, cpu or cuda (compiler/device.py): torch's CUDA device
+    for fine-tuning and onnxruntime's CUDA provider for evaluating candidates, when present."""
+    from onnxcompress.compiler.device import resolve_device
+
+    hardware = resolve_device(device)
     targets = target if isinstance(target, (list, tuple)) else [target]
     config = CompressConfig(
         targets=tuple(t if isinstance(t, Target) else Target.parse(t) for t in targets),
@@ -226,7 +231,7 @@ def compress(
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     model_name = name or (Path(model).name if not isinstance(model, onnx.ModelProto) else "model.onnx")
     # a dynamic input size pinned, a sigmoid head searched and trained as two classes
-    original, note = as_classifier(original, data, input_size, model_name, classes)
+    original, note = as_classifier(original, data, input_size, model_name, classes, needs_scores="compress")
     if note:
         _say(progress, note)
     if is_quantized(original):
@@ -261,7 +266,7 @@ def compress(
     if val_measure.kind == "top1":  # (agreement: the warning or the no-labels note above said what it is)
         _say(progress, f"teacher: top-1 {100 * teacher_metrics.accuracy:.2f}% on {val_measure.images}")
 
-    outcome = _search(base, teacher, job, config, save_policy, load_policy)
+    outcome = _search(base, teacher, job, config, save_policy, load_policy, hardware)
 
     built: list[tuple[Target, Plan, onnx.ModelProto, float | None]] = []
     ft_wall = 0.0
@@ -280,7 +285,7 @@ def compress(
                 teacher,
                 job.train,
                 job.val,
-                finetune_config(config.finetune_epochs, config.seed, config.classes),
+                finetune_config(config.finetune_epochs, config.seed, config.classes, hardware.torch),
                 checkpoint_dir=ckpt,
                 progress=progress,
             )
@@ -342,6 +347,7 @@ def compress(
         probes=outcome.probes,
         channel_multiple=outcome.channel_multiple,
         measure=val_measure,
+        device=hardware.label,
     )
     # the students as the user's teacher was: a single-score head gets its single score back
     return CompressResult(teacher_metrics, tuple(replace(s, model=binary_head.restore_single_score(s.model)) for s in students), report)
@@ -365,7 +371,8 @@ class SearchOutcome:
 DEFAULT_EPISODES = {"ddpg": 60, "reinforce": 60, "haq": 40, "random": 60, "uniform": 12, "greedy": 40}
 
 
-def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, config: CompressConfig, save_policy, load_policy) -> SearchOutcome:
+def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, config: CompressConfig, save_policy, load_policy,
+            hardware=None) -> SearchOutcome:  # noqa: ANN001 - a compiler.device.Device
     from onnxcompress.compiler import structure
     from onnxcompress.compiler.hardware import channel_multiple
     from onnxcompress.search.driver import SearchConfig, run_search
@@ -390,6 +397,7 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
         # data-driven channel choice: measured better than filter norms after refitting (ResNet-8
         # at 0.49x MACs, no fine-tuning: 53.2 % vs 48.5 % top-1); checked per model below
         criterion=CRITERIA[0],
+        providers=hardware.providers if hardware is not None else ("CPUExecutionProvider",),
     )
     executor = ExecutorConfig(kind="ray" if config.executor == "ray" else "local", workers=config.workers, ray_address=config.ray_address)
     structural = all(t.size is None for t in config.targets)
@@ -427,7 +435,8 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
     choices, probes = [], []
     probe_start = time.perf_counter()
     # probes only run with several families, which need fine-tuning (epochs >= 1)
-    ft_config = finetune_config(config.finetune_epochs, config.seed, config.classes) if config.finetune_epochs > 0 else None
+    ft_config = (finetune_config(config.finetune_epochs, config.seed, config.classes, hardware.torch if hardware is not None else "cpu")
+                 if config.finetune_epochs > 0 else None)
     for k, tgt in enumerate(config.targets):
         options = [(removed, r.best[k]) for removed, r in results if r.best[k].plan is not None]
         if baseline is not None and baseline.best[k].plan is not None:

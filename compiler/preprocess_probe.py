@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxcompress.compiler.data import InputSpec, Preprocess, images_to_input, load_data, npz_images_header
+from onnxcompress.compiler.data import InputSpec, Preprocess, class_scores_problem, images_to_input, load_data, npz_images_header
 from onnxcompress.errors import CompressError
 
 PROBE_IMAGES = 256
@@ -86,6 +86,8 @@ def _suggest(model: onnx.ModelProto, data: str | Path, current: Preprocess) -> s
     from onnxcompress.compiler.onnx_io import dynamic_batch, num_classes
     from onnxcompress.compiler.runtime import make_session
 
+    if class_scores_problem(model) is not None:
+        return None  # top-1 means nothing for a segmentation map or a detector's output
     if Path(data).is_file():
         header = npz_images_header(data)
         if header is None or header[1] != np.uint8:  # float arrays are already preprocessed: nothing to probe

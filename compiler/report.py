@@ -91,6 +91,7 @@ class RunReport:
     probes: tuple[tuple[Any, ...], ...] = ()
     channel_multiple: int = 1  # kept channel counts were multiples of this where the budget allowed
     measure: Measure = field(default_factory=Measure)  # what every accuracy above is, on which images
+    device: str = "cpu"  # where fine-tuning and candidate evaluation ran (compiler/device.py)
 
     def to_json(self) -> dict[str, Any]:
         main = self.students[0]
@@ -102,6 +103,7 @@ class RunReport:
             "search": {"agent": self.agent, "episodes": self.episodes, "evaluations": self.evaluations, "wall_s": round(self.search_wall_s, 2),
                        "channel_multiple": self.channel_multiple, "families": [[p.to_json() for p in per_target] for per_target in self.probes]},
             "finetune": {"epochs": self.finetune_epochs, "wall_s": round(self.finetune_wall_s, 2)},
+            "device": self.device,
             "pareto": [dict(m.to_json(), plan=p) for m, p in self.pareto],
             "target": main.target,
             "seed": self.seed,

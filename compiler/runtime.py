@@ -16,18 +16,34 @@ import onnxruntime as ort
 
 from onnxcompress.compiler.onnx_io import is_quantized
 
+# onnxruntime's severity levels: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+LOG_ERRORS_ONLY = 3
 
-def make_session(model: onnx.ModelProto | bytes, threads: int = 1, optimize: bool = True) -> ort.InferenceSession:
-    """An onnxruntime CPU session for an in-memory model."""
+
+def quiet_onnxruntime() -> None:
+    """Only errors from onnxruntime's own logger. Its warnings ("UnsqueezeElimination cannot
+    remove node ...", "Removing initializer ...") are about its graph optimiser, not the user's
+    model, and sessions we do not create (onnx-graphsurgeon's constant folding) log through the
+    default logger, which SessionOptions.log_severity_level does not reach."""
+    ort.set_default_logger_severity(LOG_ERRORS_ONLY)
+
+
+quiet_onnxruntime()
+
+
+def make_session(model: onnx.ModelProto | bytes, threads: int = 1, optimize: bool = True,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+    """An onnxruntime session for an in-memory model, on the CPU unless `providers` says otherwise
+    (compiler/device.py)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = LOG_ERRORS_ONLY
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     data = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(data, sess_options=opts, providers=list(providers))
 
 
 def run_batched(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256, output: int = 0) -> np.ndarray:

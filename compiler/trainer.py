@@ -96,6 +96,7 @@ class FinetuneConfig:
     bn_calibration_batches: int = 4
     eval_batch_size: int = 256
     threads: int | None = 1  # torch intra-op threads for the run (None: torch's default)
+    device: str = "cpu"  # torch device of the run ("cuda": compiler/device.py resolves --device)
 
     @property
     def scaling(self) -> str:
@@ -138,6 +139,8 @@ class FinetuneConfig:
             raise UsageError(f"mix must be 'none', 'mixup' or 'cutmix', got {self.mix!r}")
         if not self.mix_alpha > 0:
             raise UsageError(f"mix_alpha must be > 0, got {self.mix_alpha}")
+        if self.device not in ("cpu", "cuda"):
+            raise UsageError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.bn_calibration_batches < 1 or self.eval_batch_size < 1:
             raise UsageError("bn_calibration_batches and eval_batch_size must be >= 1")
         if self.teacher_classes is not None and (
@@ -268,11 +271,19 @@ def predict_logits(module: OnnxModule, x: np.ndarray, batch_size: int = 256) -> 
     """Logits of `module` (in eval mode) for all of `x`."""
     was_training = module.training
     module.eval()
+    device = _device_of(module)
     try:
-        parts = [module.logits(torch.from_numpy(np.array(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]
+        parts = [module.logits(torch.from_numpy(np.array(x[i : i + batch_size])).to(device)) for i in range(0, len(x), batch_size)]
     finally:
         module.train(was_training)
     return torch.cat(parts)  # type: ignore[arg-type]
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(module.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def accuracy(student: OnnxModule, data: Dataset, reference: Tensor | None = None, batch_size: int = 256) -> float:
@@ -280,8 +291,8 @@ def accuracy(student: OnnxModule, data: Dataset, reference: Tensor | None = None
     target = torch.from_numpy(np.array(data.y)) if data.y is not None else reference
     if target is None:
         raise DataError("accuracy needs labels or reference predictions")
-    pred = predict_logits(student, data.x, batch_size).argmax(1)
-    return float((pred == target).float().mean())
+    pred = predict_logits(student, data.x, batch_size).argmax(1).cpu()
+    return float((pred == target.cpu()).float().mean())
 
 
 @contextmanager
@@ -458,6 +469,10 @@ def _build(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, v
 
     pairs = match_features(student_m, teacher_m, train.x[:1]) if config.kd.uses_features else ()
     loss = KDLoss(config.kd, pairs, classes, seed=config.seed)
+    device = torch.device(config.device)  # everything above ran on the CPU; training runs here
+    student_m.to(device)
+    teacher_m.to(device)
+    loss.to(device)
     weight_decay = config.weight_decay
     if weight_decay is None:
         weight_decay = 5e-4 if config.optimizer == "sgd" else 0.01
@@ -483,6 +498,7 @@ def _train_epoch(run: _Run, train: Dataset, spec: InputSpec, config: FinetuneCon
                  progress: bool) -> tuple[float, float, float]:
     """One pass over the shuffled training data; returns (mean loss, accuracy, last lr)."""
     run.student.train()
+    device = torch.device(config.device)
     flip = config.flip if config.flip is not None else spec.channels != 1
     padding = config.crop_padding if config.crop_padding is not None else max(1, round(spec.height / 8))
     total_steps = steps_per_epoch * config.epochs
@@ -507,11 +523,14 @@ def _train_epoch(run: _Run, train: Dataset, spec: InputSpec, config: FinetuneCon
                 soft = lam * onehot + (1.0 - lam) * onehot[torch.from_numpy(perm)]
                 hard = labels if lam >= 0.5 else labels[torch.from_numpy(perm)]
                 labels = soft
-        xt = torch.from_numpy(np.ascontiguousarray(x))
+        xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        if labels is not None:
+            labels = labels.to(device)
+            hard = hard.to(device) if hard is not None else None
         t_feats: dict[str, Tensor] | None = None
         with torch.no_grad():
             if run.teacher_cache is not None:
-                t_logits = run.teacher_cache[torch.from_numpy(idx)]
+                t_logits = run.teacher_cache[torch.from_numpy(idx).to(device)]
             elif run.loss.pairs:
                 t_logits, t_feats = run.teacher.logits(xt, taps=run.loss.teacher_taps)  # type: ignore[misc]
             else:
@@ -591,6 +610,7 @@ def finetune(
             run.student.load_state_dict(run.best_state)
         if val is None:
             run.best_epoch = run.epoch
+        run.student.to("cpu")
         trained = run.student.write_back(student)
     result = FinetuneResult(
         epochs_run=run.epoch,

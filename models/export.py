@@ -130,6 +130,13 @@ def _batchnorms(module: nn.Module) -> list[str]:
     return [name for name, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def quiet_session_options() -> ort.SessionOptions:
+    """Session options that keep onnxruntime's optimiser warnings off stderr (errors only)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return opts
+
+
 def verify_against_torch(model: onnx.ModelProto, module: nn.Module, input_shape: tuple[int, ...]) -> None:
     """Raises RuntimeError unless onnxruntime reproduces `module` (in its current mode: eval for
     inference) on a random batch of two (two so that the symbolic batch dimension is exercised)."""
@@ -137,7 +144,7 @@ def verify_against_torch(model: onnx.ModelProto, module: nn.Module, input_shape:
     x = torch.randn((2, *input_shape[1:]), generator=generator)
     with torch.no_grad():
         expected = module(x).numpy()
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), quiet_session_options(), providers=["CPUExecutionProvider"])
     actual = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
     scale = max(float(np.abs(expected).max()), 1e-12)
     error = float(np.abs(actual - expected).max()) / scale

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from onnxcompress.models.export import INPUT_NAME, OUTPUT_NAME, save_onnx, to_onnx
+from onnxcompress.models.export import INPUT_NAME, OUTPUT_NAME, quiet_session_options, save_onnx, to_onnx
 from onnxcompress.models.zoo import ARCHITECTURES, build
 
 # Part of every cache key: bump it when the recipe changes so that cached teachers are retrained.
@@ -202,7 +202,7 @@ def fit(
 
 def onnx_accuracy(model: onnx.ModelProto, data: ImageSet, prep: Preprocessing, batch_size: int = 500) -> float:
     """Top-1 accuracy of an exported classifier in onnxruntime."""
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), quiet_session_options(), providers=["CPUExecutionProvider"])
     correct = 0
     for start in range(0, len(data), batch_size):
         inputs = prep.apply(data.x[start : start + batch_size]).numpy()

@@ -23,12 +23,16 @@ from onnxcompress.passes import Plan, apply_plan
 PathLike = str | os.PathLike
 
 
-def _read(model: PathLike | onnx.ModelProto, data: PathLike | Dataset | None = None, input_size: tuple[int, int] | None = None) -> onnx.ModelProto:
+def _read(model: PathLike | onnx.ModelProto, data: PathLike | Dataset | None = None, input_size: tuple[int, int] | None = None,
+          needs_scores: str | None = None) -> onnx.ModelProto:
     """A model as the API works on it: a dynamic input height/width pinned (to `input_size`, else
     to the size of the `.npz` images of `data`), and a single-score (sigmoid) binary head seen as
-    two classes (compiler/binary_head.py; the functions that return models give it back)."""
+    two classes (compiler/binary_head.py; the functions that return models give it back).
+    `needs_scores`: the function's name when it reads the output as class scores (refuses a
+    model that is not a classifier)."""
     m = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    return as_classifier(m, None if isinstance(data, Dataset) else data, input_size)[0]
+    name = "the model" if isinstance(model, onnx.ModelProto) else Path(model).name
+    return as_classifier(m, None if isinstance(data, Dataset) else data, input_size, name, needs_scores=needs_scores)[0]
 
 
 def load(model: PathLike | onnx.ModelProto, input_size: tuple[int, int] | None = None) -> onnx.ModelProto:
@@ -122,7 +126,7 @@ def evaluate(
     input_size: tuple[int, int] | None = None,
 ) -> Evaluation:
     """Accuracy (and agreement with a teacher), cost and onnxruntime latency of a model."""
-    m = _read(model, data, input_size)
+    m = _read(model, data, input_size, needs_scores="evaluate")
     ds = data if isinstance(data, Dataset) else read_data(data, m, preprocess, limit=limit)
     if len(ds) == 0:
         raise DataError("the evaluation data is empty")
@@ -130,7 +134,7 @@ def evaluate(
     accuracy = float((pred == ds.y).mean()) if ds.y is not None else None
     agreement = None
     if teacher is not None:
-        t = _read(teacher, data, input_size)
+        t = _read(teacher, data, input_size, needs_scores="evaluate")
         t_scores = predict(t, ds.x)
         if classes is not None:
             t_scores = t_scores[:, list(classes)]
@@ -156,16 +160,21 @@ def finetune(
     preprocess: Preprocess | None = None,
     progress: bool = True,
     input_size: tuple[int, int] | None = None,
+    device: str = "auto",
 ):
-    """KD fine-tuning of a student from its teacher; returns (tuned model, FinetuneResult)."""
+    """KD fine-tuning of a student from its teacher; returns (tuned model, FinetuneResult).
+    `device`: auto, cpu or cuda (torch's CUDA device when present with auto)."""
+    from onnxcompress.compiler.device import resolve_device
     from onnxcompress.compiler.kd import KDConfig
     from onnxcompress.compiler.trainer import FinetuneConfig, finetune as _finetune
 
-    s = _read(student, data, input_size)
-    t = canonicalize(_read(teacher, data, input_size))
+    hardware = resolve_device(device, evaluates=False)
+    s = _read(student, data, input_size, needs_scores="finetune")
+    t = canonicalize(_read(teacher, data, input_size, needs_scores="finetune"))
     pre = preprocess or Preprocess.from_model(t)
     train = read_data(data, t, pre, classes=classes)
     val = read_data(val_data, t, pre, classes=classes) if val_data is not None else None
-    config = FinetuneConfig(epochs=epochs, seed=seed, kd=KDConfig(kinds=tuple(kd)), teacher_classes=tuple(classes) if classes else None)
+    config = FinetuneConfig(epochs=epochs, seed=seed, kd=KDConfig(kinds=tuple(kd)), teacher_classes=tuple(classes) if classes else None,
+                            device=hardware.torch)
     tuned, result = _finetune(s, t, train, val, config, progress=progress)
     return binary_head.restore_single_score(tuned), result

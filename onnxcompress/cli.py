@@ -56,6 +56,11 @@ def _add_input_size(p: argparse.ArgumentParser) -> None:
                         "(default: the size of the --data images); the output keeps that fixed size")
 
 
+def _add_device(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help=f"{what} (default auto: CUDA when present, else the CPU; cuda: an error without it)")
+
+
 def _add_compress_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="teacher ONNX model")
     p.add_argument("--data", required=True, help="training data: .npz (x, y) or an image folder")
@@ -84,6 +89,7 @@ def _add_compress_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-policy", default=None, help="save the search policy (reinforce agent) for transfer")
     p.add_argument("--load-policy", default=None, help="warm-start the search policy from a saved one")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device(p, "fine-tuning on torch's CUDA device, candidate evaluation on onnxruntime's CUDAExecutionProvider")
     _add_input_size(p)
     _add_preprocess(p)
 
@@ -137,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    _add_device(p, "fine-tuning on torch's CUDA device")
     _add_input_size(p)
     _add_preprocess(p)
     _add_common(p)

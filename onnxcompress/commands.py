@@ -32,15 +32,17 @@ def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathL
     return out
 
 
-def load_input_model(path, args, data=None):
+def load_input_model(path, args, data=None, needs_scores=None):
     """Reads a model given on the command line as the compiler works on it (compiler.data.
     as_classifier: a dynamic height/width pinned to --input-size or the `.npz` images, with a note;
-    a sigmoid head as two classes), validated before any data is read (its errors would otherwise
-    be about the wrong thing)."""
+    a sigmoid head as two classes; `needs_scores`, the command's name, when it reads the output as
+    class scores: a model that is not a classifier is refused), validated before any data is read
+    (its errors would otherwise be about the wrong thing)."""
     from onnxcompress.compiler.data import as_classifier
     from onnxcompress.compiler.onnx_io import load_model, validate_classifier
 
-    model, note = as_classifier(load_model(path), data, getattr(args, "input_size", None), Path(path).name, getattr(args, "classes", None))
+    model, note = as_classifier(load_model(path), data, getattr(args, "input_size", None), Path(path).name, getattr(args, "classes", None),
+                                needs_scores=needs_scores)
     if note:
         print(note, file=sys.stderr)
     validate_classifier(model)
@@ -94,12 +96,13 @@ def cmd_apply(args) -> int:
     if args.data:
         preprocessing_note(args, original, args.data)
     preprocess = preprocess_from_args(args, original)
+    from onnxcompress.compiler.cost import model_cost
+
+    before = model_cost(api.load(original))  # before the student exists: one big model in memory at a time
     student = api.apply(original, plan, data=args.data, preprocess=preprocess, seed=args.seed)  # a sigmoid head restored
     with interrupts.committing():
         save_model_atomic(student, out)
-    from onnxcompress.compiler.cost import model_cost
-
-    before, after = model_cost(api.load(original)), model_cost(student)
+    after = model_cost(student)
     print(f"wrote {out}: MACs {after.macs:,} ({after.macs / max(before.macs, 1):.3f}x), params {after.params:,} ({after.params / max(before.params, 1):.3f}x), {after.size_bytes:,} bytes")
     return 0
 
@@ -108,8 +111,8 @@ def cmd_eval(args) -> int:
     from onnxcompress import api
     from onnxcompress.compiler.config import parse_int_list
 
-    model = load_input_model(args.model, args, args.data)
-    teacher = load_input_model(args.teacher, args, args.data) if args.teacher else None
+    model = load_input_model(args.model, args, args.data, needs_scores="eval")
+    teacher = load_input_model(args.teacher, args, args.data, needs_scores="eval") if args.teacher else None
     classes = parse_int_list(args.classes, "--classes") if args.classes else None
     ds = api.read_data(args.data, model, preprocess_from_args(args, model), limit=args.limit)
     if not classes:
@@ -141,6 +144,9 @@ def cmd_compress(args) -> int:
         Target.parse(t)
     if args.classes:
         parse_int_list(args.classes, "--classes")
+    from onnxcompress.compiler.device import resolve_device
+
+    resolve_device(args.device)  # --device cuda on a machine without CUDA: refused before any work
     from onnxcompress.compiler.onnx_io import save_model_atomic
     from onnxcompress.compiler.pipeline import compress, interruptible
     from onnxcompress.compiler.report import summary_table, write_report
@@ -151,7 +157,7 @@ def cmd_compress(args) -> int:
     report_path = None
     if args.report:
         report_path = check_output_path(args.report, [model_path])
-    original = load_input_model(model_path, args, args.data)
+    original = load_input_model(model_path, args, args.data, needs_scores="compress")
     if not args.classes:
         preprocessing_note(args, original, args.data)
     ckpt = Path(str(outputs[0]) + ".checkpoint")
@@ -181,6 +187,7 @@ def cmd_compress(args) -> int:
             name=model_path.name,
             families=args.families,
             channel_multiple=args.channel_multiple,
+            device=args.device,
         )
     students = []
     report = result.report
@@ -208,11 +215,13 @@ def cmd_finetune(args) -> int:
     from onnxcompress.compiler.kd import KDConfig
     from onnxcompress.compiler.onnx_io import canonicalize, num_classes, save_model_atomic
     from onnxcompress.compiler.pipeline import finetune_config, interruptible
+    from onnxcompress.compiler.device import resolve_device
     from onnxcompress.compiler.trainer import finetune
 
+    hardware = resolve_device(args.device, evaluates=False)
     out = check_output_path(args.output, [args.model, args.teacher])
-    student = load_input_model(args.model, args, args.data)
-    teacher_model = load_input_model(args.teacher, args, args.data)
+    student = load_input_model(args.model, args, args.data, needs_scores="finetune")
+    teacher_model = load_input_model(args.teacher, args, args.data, needs_scores="finetune")
     if not args.classes and not Preprocess.recorded_in(student):
         preprocessing_note(args, teacher_model, args.data)
     teacher = canonicalize(teacher_model)
@@ -226,7 +235,7 @@ def cmd_finetune(args) -> int:
     val = load_data(args.val_data, spec, preprocess, classes=classes, num_classes=n) if args.val_data else None
     kinds = tuple(k.strip() for k in args.kd.split(",") if k.strip())
     config = replace(
-        finetune_config(args.epochs, args.seed, classes),
+        finetune_config(args.epochs, args.seed, classes, hardware.torch),
         kd=KDConfig(kinds=kinds),
     )
     ckpt = Path(str(out) + ".checkpoint")

@@ -66,9 +66,11 @@ class SearchConfig:
     load_policy: str | None = None  # agents with load_policy (reinforce): start from this policy
     save_policy: str | None = None  # ... and save the trained policy here
     removed: tuple[str, ...] = ()  # units removed in every candidate (EnvConfig.removed)
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)  # onnxruntime's for evaluation (compiler/device.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(Target.from_json(t) for t in self.targets))
+        object.__setattr__(self, "providers", tuple(self.providers))
         if not self.targets:
             raise UsageError("a search needs at least one target")
         if self.episodes < 1 or self.batch < 1 or self.checkpoint_every < 1:
@@ -286,6 +288,7 @@ def run_search(
             calibration=np.ascontiguousarray(cx[: config.calib_limit]),
             seed=config.seed,
             measure_latency=config.wants_latency,
+            providers=tuple(config.providers),
         )
         exe = make_executor(executor, spec)  # type: ignore[arg-type]
     else:

@@ -99,6 +99,7 @@ class EvaluatorSpec:
     measure_latency: bool = False
     batch_size: int = 256
     threads: int = 1
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)  # onnxruntime's, for accuracy (compiler/device.py)
 
 
 class Evaluator:
@@ -113,6 +114,7 @@ class Evaluator:
         measure_latency: bool = False,
         batch_size: int = 256,
         threads: int = 1,
+        providers: tuple[str, ...] = ("CPUExecutionProvider",),
     ) -> None:
         self.teacher = teacher
         self.val = val
@@ -121,6 +123,7 @@ class Evaluator:
         self.measure_latency = bool(measure_latency)
         self.batch_size = int(batch_size)
         self.threads = int(threads)
+        self.providers = tuple(providers)
         self._cache: dict[str, Metrics] = {}
         self._space = None
         self.quantizable = self._quantizable()
@@ -140,6 +143,7 @@ class Evaluator:
             measure_latency=spec.measure_latency,
             batch_size=spec.batch_size,
             threads=spec.threads,
+            providers=spec.providers,
         )
 
     def spec(self) -> EvaluatorSpec:
@@ -152,6 +156,7 @@ class Evaluator:
             measure_latency=self.measure_latency,
             batch_size=self.batch_size,
             threads=self.threads,
+            providers=self.providers,
         )
 
     # -- measuring ---------------------------------------------------------------------------
@@ -163,7 +168,7 @@ class Evaluator:
         return analyze(import_graph(self.teacher)).quantizable
 
     def _logits(self, model: onnx.ModelProto) -> np.ndarray:
-        session = make_session(model, threads=self.threads)
+        session = make_session(model, threads=self.threads, providers=self.providers)
         out = run_batched(session, np.asarray(self.val.x), batch_size=self.batch_size)
         return out.reshape(out.shape[0], -1)
 

@@ -50,6 +50,7 @@ def test_compress_writes_student_and_report(job):
     assert doc["student"]["macs"] <= 0.5 * doc["teacher"]["macs"]
     for key in ("teacher", "student", "plan", "search", "finetune", "pareto", "target", "seed"):
         assert key in doc
+    assert doc["device"] == "cpu"  # --device auto on a machine without CUDA
     assert set(doc["search"]) >= {"agent", "episodes", "evaluations", "wall_s"} and doc["finetune"]["epochs"] == 1
     assert doc["plan"]["passes"] and doc["target"] == {"macs": 0.5}
     # structure families: channel cuts alone and with each of the two largest residual blocks

@@ -1,0 +1,67 @@
+"""Where fine-tuning and candidate evaluation run: `--device auto|cpu|cuda`.
+
+Fine-tuning runs in torch (its CUDA device when there is one); candidate evaluation runs in
+onnxruntime (its CUDAExecutionProvider when the installed onnxruntime has it). `auto` takes each
+when present and the CPU otherwise; `cuda` insists, and is a one-line error on a machine without
+it. Latency is always measured on the CPU provider: it is the deployment target the search
+optimises for, not the machine the search runs on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxcompress.errors import UsageError
+
+DEVICES = ("auto", "cpu", "cuda")
+CPU_PROVIDERS = ("CPUExecutionProvider",)
+CUDA_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")  # ops CUDA lacks fall back to the CPU
+
+
+@dataclass(frozen=True)
+class Device:
+    """The resolved choice: torch's device for training, onnxruntime's providers for evaluation."""
+
+    torch: str = "cpu"
+    providers: tuple[str, ...] = CPU_PROVIDERS
+
+    @property
+    def label(self) -> str:
+        """What the report records: "cpu", "cuda", or which half runs on CUDA."""
+        ort_cuda = self.providers[0] == "CUDAExecutionProvider"
+        if self.torch == "cuda" and ort_cuda:
+            return "cuda"
+        if self.torch == "cuda":
+            return "cuda (fine-tuning; onnxruntime evaluation on cpu)"
+        if ort_cuda:
+            return "cuda (onnxruntime evaluation; fine-tuning on cpu)"
+        return "cpu"
+
+
+def _torch_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _onnxruntime_cuda() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def resolve_device(choice: str = "auto", evaluates: bool = True) -> Device:
+    """The Device for `choice` on this machine. `evaluates`: the job also evaluates candidates in
+    onnxruntime (compress), so `cuda` needs onnxruntime's CUDA provider as well as torch's."""
+    if choice not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {choice!r}")
+    if choice == "cpu":
+        return Device()
+    torch_cuda, ort_cuda = _torch_cuda(), evaluates and _onnxruntime_cuda()
+    if choice == "cuda":
+        if not torch_cuda:
+            raise UsageError("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False); use --device cpu or auto")
+        if evaluates and not ort_cuda:
+            raise UsageError("--device cuda: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu); use --device auto "
+                             "to fine-tune on the GPU and evaluate on the CPU")
+    return Device(torch="cuda" if torch_cuda else "cpu", providers=CUDA_PROVIDERS if ort_cuda else CPU_PROVIDERS)
