@@ -49,13 +49,15 @@ def test_depthwise_follows_its_producer():
     assert any(f.node == dw.name for f in a.group_attr_fixes)
 
 
-def test_grouped_conv_freezes():
+def test_grouped_conv_couples_its_groups_channel_by_channel():
+    """A grouped conv (group=2) keeps its groups: input channel j of both groups is one channel
+    of the analysis (4 = 8 / 2), and so is output channel j."""
     g = GraphBuilder()
     x = g.relu(g.conv("x", 3, 8))
     y = g.relu(g.conv(x, 8, 8, group=2))
     _, a = _analysis(g.build(g.head(y, 8)))
-    frozen = [grp for grp in a.groups if not grp.prunable]
-    assert any("grouped Conv" in (grp.reason or "") for grp in frozen)
+    assert [grp.channels for grp in a.groups if grp.prunable] == [4, 4]
+    assert all(len(grp.spaces) == 2 for grp in a.groups if grp.prunable)
 
 
 def test_unknown_op_freezes_neighbourhood_without_failing():
