@@ -131,7 +131,7 @@ def run(quick: bool = False, epochs: int | None = None) -> str:
 
 
 def families_table(*reports: dict) -> str:
-    """The structure families each run compared (compiler/structure.py), from the reports."""
+    """The structure families each run compared (search/structure.py), from the reports."""
     rows = []
     for name, rep in zip(("all classes", "vehicles"), reports):
         for per_target in rep["search"].get("families", []):

@@ -137,10 +137,10 @@ def _split_train(workdir: Path, seed: int, source: Path = CIFAR_TRAIN) -> tuple[
 
 
 def _task(name: str, workdir: Path, seed: int, test_limit: int | None) -> Task:
-    from onnxcompress.compiler.config import CompressConfig
+    from onnxcompress.config import CompressConfig
     from onnxcompress.compiler.data import InputSpec, Preprocess, load_data
     from onnxcompress.compiler.onnx_io import canonicalize, load_model
-    from onnxcompress.compiler.pipeline import prepare_data
+    from onnxcompress.pipeline import prepare_data
 
     train_source, test_source = CIFAR_TRAIN, CIFAR_TEST
     if name == "resnet8":
@@ -235,7 +235,7 @@ def _zoo_from_onnx(arch: str, path: Path):
 
 def _finetune_config(epochs: int, seed: int):
     # exactly the recipe compress() fine-tunes with, so that only the pruning decision differs
-    from onnxcompress.compiler.pipeline import finetune_config
+    from onnxcompress.pipeline import finetune_config
 
     return finetune_config(epochs, seed, None)
 
@@ -367,7 +367,7 @@ def onnxcompress_row(task: Task, agent: str, target: float, epochs: int, seed: i
                      channel_multiple: int | None = None) -> Row:
     """`compress` with `agent`; `channel_multiple` None is compress's default (onnxruntime's
     channel block, for real speed), 1 lets it keep any width like the other rows do."""
-    from onnxcompress.compiler.pipeline import compress
+    from onnxcompress.pipeline import compress
 
     result = compress(
         task.teacher_path,
@@ -445,9 +445,9 @@ def measure(task: Task, rows: list[Row], rounds: int) -> None:
     lat = compare_latency([task.teacher, *[r.model for r in rows]], sample, rounds=rounds)
     for row, l in zip(rows, lat[1:]):
         row.b1, row.b32 = l.batch1 / lat[0].batch1, l.batch32 / lat[0].batch32
-    # the same in CPU time, each model timed in pairs with the teacher (compiler.precision): other
+    # the same in CPU time, each model timed in pairs with the teacher (compiler.runtime): other
     # jobs on the machine slow wall time down, much less the CPU time of our own thread
-    from onnxcompress.compiler.precision import paired_latency
+    from onnxcompress.compiler.runtime import paired_latency
 
     base, variants = paired_latency(task.teacher, [r.model for r in rows], sample, rounds=rounds + 2, cpu=True)
     for row, l in zip(rows, variants):
@@ -682,7 +682,7 @@ def run(quick: bool, models: list[str], epochs: int, seed: int, targets: tuple[f
         f"for every row. Search: {'%d episodes per agent and target (quick)' % QUICK_EPISODES if quick else 'compress defaults (60 episodes per agent and target)'}.\n"
         "Ratios are to the teacher (as delivered, canonicalised); latency b1/b32 = student / teacher latency at batch 1/32, measured "
         "side by side in one run (`compare_latency`, wall time); b32 CPU time = the same ratio in CPU time, each model timed in "
-        "pairs with the teacher (`compiler.precision.paired_latency`), which other jobs on the machine disturb less; "
+        "pairs with the teacher (`compiler.runtime.paired_latency`), which other jobs on the machine disturb less; "
         "realised = latency speed-up ÷ MACs reduction at batch 32, from the CPU-time ratio (1.0: every saved MAC becomes time). "
         "search s: Torch-Pruning's pruning loop, uniform L1's bisection + rewrite + refit, the RL search of compress.\n"
     )

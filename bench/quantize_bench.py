@@ -7,7 +7,7 @@ quantization when it is installed (a benchmark-only dependency: `pip install nnc
 Calibration: the first 300 images of cifar10_train10k_jpeg.npz; test: all 10,000 of
 cifar10_test_jpeg.npz; preprocessing: raw 0..255 pixels (the model's own). Latency: onnxruntime
 CPU, 1 thread, every variant timed in pairs with the fp32 model in the same run
-(compiler.precision.paired_latency); ratios, never absolute times, are the result.
+(compiler.runtime.paired_latency); ratios, never absolute times, are the result.
 
     python -m bench.quantize_bench [--quick]      (or: python -m bench quantize)
 """
@@ -27,7 +27,8 @@ import onnx
 from bench.common import CIFAR_TEST, CIFAR_TRAIN, RESNET8, header, require_realdata, table, write_result
 from onnxcompress.compiler.data import InputSpec, Preprocess, load_data
 from onnxcompress.compiler.onnx_io import load_canonical
-from onnxcompress.compiler.precision import PrecisionCost, paired_times
+from onnxcompress.compiler.runtime import paired_times
+from onnxcompress.passes.quantize.precision import PrecisionCost
 from onnxcompress.compiler.runtime import make_session, run_batched
 from onnxcompress.passes import Plan, apply_plan
 
@@ -107,7 +108,7 @@ def _haq(calib_path: Path, size: float) -> Variant:
     """`onnxcompress MODEL --target size=S --agent haq --finetune-epochs 0`: HAQ chooses each
     layer's bits (int8 / int4) under the size budget; its own validation images are held out of
     the 10k training file by compress."""
-    from onnxcompress.compiler.pipeline import compress
+    from onnxcompress.pipeline import compress
 
     t0 = time.perf_counter()
     result = compress(RESNET8, calib_path, f"size={size}", agent="haq", finetune_epochs=0, seed=0, preprocess=Preprocess(scale=1.0), progress=False)

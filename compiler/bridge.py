@@ -37,7 +37,8 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 
 from onnxcompress.compiler.data import data_input
-from onnxcompress.errors import DataError, ModelError, UnsupportedOpError
+from onnxcompress.compiler.errors import DataError, ModelError, UnsupportedOpError
+from onnxcompress.compiler.ops import ARITHMETIC_OPS, AXES_INPUT_SINCE, LAYER_OPS, LOGITS_VIEW_OPS, TRAINING_OUTPUTS, VIEW_OPS, WEIGHT_SLOTS
 
 # ---------------------------------------------------------------------------------------------
 # Nodes and the op table
@@ -92,23 +93,9 @@ def supported_ops() -> frozenset[str]:
     return frozenset(_OPS)
 
 
-# Ops that only move or reinterpret values; used to trace initializers to their real consumers.
-_VIEW_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Cast"})
-# (op, input slot) pairs that hold learned weights.
-_WEIGHT_SLOTS: dict[str, frozenset[int]] = {
-    "Conv": frozenset({1, 2}),
-    "Gemm": frozenset({0, 1, 2}),
-    "MatMul": frozenset({0, 1}),
-    "BatchNormalization": frozenset({1, 2}),
-    "PRelu": frozenset({1}),
-}
-_ARITH_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Sum"})
-_LINEAR_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 _FLOAT_TYPES = frozenset(
     {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 )
-# Extra outputs some ops may declare; the bridge runs inference semantics and cannot produce them.
-_SINGLE_OUTPUT = {"MaxPool": "Indices", "BatchNormalization": "training statistics"}
 
 _TORCH_DTYPES: dict[int, torch.dtype] = {
     onnx.TensorProto.FLOAT: torch.float32,
@@ -218,7 +205,7 @@ def _effective_consumers(
             continue
         seen.add(current)
         for node, slot in consumers.get(current, []):
-            if node.op_type in _VIEW_OPS and slot == 0:
+            if node.op_type in VIEW_OPS and slot == 0:
                 stack.extend(o for o in node.outputs if o)
             else:
                 out.append((node, slot))
@@ -234,13 +221,13 @@ def _is_trainable(
 ) -> bool:
     """Whether a float initializer holds learned weights (and so should be trained)."""
     for node, slot in _effective_consumers(name, consumers):
-        if slot in _WEIGHT_SLOTS.get(node.op_type, ()):
+        if slot in WEIGHT_SLOTS.get(node.op_type, ()):
             return True
-        if node.op_type in _ARITH_OPS:
+        if node.op_type in ARITHMETIC_OPS:
             others = [x for i, x in enumerate(node.inputs) if i != slot and x]
             if any(o in input_derived for o in others):
                 continue  # preprocessing folded into the graph (x - mean) / std: keep it fixed
-            after_linear = any(o in producers and producers[o].op_type in _LINEAR_OPS for o in others)
+            after_linear = any(o in producers and producers[o].op_type in LAYER_OPS for o in others)
             if numel > 1 or after_linear:
                 return True
     return False
@@ -252,7 +239,7 @@ def _input_derived(input_name: str, consumers: Mapping[str, list[tuple[NodeInfo,
     stack = [input_name]
     while stack:
         for node, slot in consumers.get(stack.pop(), []):
-            if node.op_type in _VIEW_OPS and slot == 0:
+            if node.op_type in VIEW_OPS and slot == 0:
                 for o in node.outputs:
                     if o and o not in out:
                         out.add(o)
@@ -265,7 +252,7 @@ def _find_logits(nodes: Sequence[NodeInfo], output: str) -> tuple[str, bool]:
     shape-only ops, e.g. Softmax -> Reshape -> output."""
     producers = {o: n for n in nodes for o in n.outputs if o}
     name = output
-    while name in producers and producers[name].op_type in ("Identity", "Reshape", "Flatten", "Squeeze"):
+    while name in producers and producers[name].op_type in LOGITS_VIEW_OPS:
         name = producers[name].inputs[0]
     node = producers.get(name)
     if node is not None and node.op_type == "Softmax":
@@ -399,8 +386,8 @@ class OnnxModule(nn.Module):
             if n.domain not in ("", "ai.onnx") or n.op_type not in _OPS:
                 label = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}:{n.op_type}"
                 problems.append(f"op {label} (node {n.name!r})")
-            elif n.op_type in _SINGLE_OUTPUT and any(o in used for o in n.outputs[1:]):
-                problems.append(f"op {n.op_type} with its {_SINGLE_OUTPUT[n.op_type]} output (node {n.name!r})")
+            elif n.op_type in TRAINING_OUTPUTS and any(o in used for o in n.outputs[1:]):
+                problems.append(f"op {n.op_type} with its {TRAINING_OUTPUTS[n.op_type]} output (node {n.name!r})")
         if problems:
             shown = ", ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
             raise UnsupportedOpError(
@@ -1134,14 +1121,12 @@ _REDUCE = {
     "ReduceMax": lambda x, d, k: x.amax(dim=d, keepdim=k),
     "ReduceMin": lambda x, d, k: x.amin(dim=d, keepdim=k),
 }
-# Opset from which `axes` is an input rather than an attribute.
-_REDUCE_AXES_INPUT = {"ReduceMean": 18, "ReduceSum": 13, "ReduceMax": 18, "ReduceMin": 18}
 
 
 @_op(*_REDUCE)
 def _reduce(node: NodeInfo, args: list[Any], ctx: _RunContext) -> list[Tensor]:
     x = args[0]
-    if node.opset >= _REDUCE_AXES_INPUT[node.op_type]:
+    if node.opset >= AXES_INPUT_SINCE[node.op_type]:
         axes = _ints(args[1]) if len(args) > 1 and args[1] is not None else None
     else:
         axes = node.attr("axes")

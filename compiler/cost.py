@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler.onnx_io import is_quantized
 from onnxcompress.compiler.ops import ChannelLayout, const
+from onnxcompress.compiler.ops import LAYER_OPS
 
 if TYPE_CHECKING:  # pragma: no cover
     from onnxcompress.compiler.ir import Analysis
@@ -120,7 +121,7 @@ def _quantized_macs(graph: gs.Graph) -> int:
     """MACs of a QDQ graph: weights sit behind DequantizeLinear, so read their shapes there."""
     total = 0
     for node in graph.nodes:
-        if node.op not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
+        if node.op not in LAYER_OPS or len(node.inputs) < 2:
             continue
         w_t = node.inputs[1]
         shape = None

@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from onnxcompress.errors import DataError, ModelError, ResourceError
+from onnxcompress.compiler.errors import DataError, ModelError, ResourceError
 
 Layout = Literal["NCHW", "NHWC"]
 
@@ -234,7 +234,7 @@ def as_classifier(model: onnx.ModelProto, data: str | Path | None = None, input_
     input height/width pinned (`fit_input_size`), and a single-score (sigmoid) binary head seen as
     two classes (compiler/binary_head.py; what writes models gives the single score back)."""
     from onnxcompress.compiler import binary_head
-    from onnxcompress.errors import UsageError
+    from onnxcompress.compiler.errors import UsageError
 
     model, note = fit_input_size(model, data, input_size, name=name)
     if binary_head.is_single_score(model):

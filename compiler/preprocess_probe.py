@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from onnxcompress.compiler.data import InputSpec, Preprocess, images_to_input, load_data, npz_images_header
-from onnxcompress.errors import CompressError
+from onnxcompress.compiler.errors import CompressError
 
 PROBE_IMAGES = 256
 MARGIN = 0.15  # accuracy points (as a fraction) a convention must win by to be suggested

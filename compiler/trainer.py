@@ -31,7 +31,7 @@ from onnxcompress.compiler.bridge import OnnxModule
 from onnxcompress.compiler.data import Dataset, InputSpec, iter_batches
 from onnxcompress.compiler.kd import KDConfig, KDLoss, match_features, teacher_targets
 from onnxcompress.compiler.onnx_io import is_quantized
-from onnxcompress.errors import DataError, ModelError, UsageError
+from onnxcompress.compiler.errors import DataError, ModelError, UsageError
 
 CHECKPOINT_NAME = "finetune.pt"
 _CHECKPOINT_FORMAT = 1

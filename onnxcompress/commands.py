@@ -63,7 +63,7 @@ def preprocessing_note(args, model, data) -> None:
 def preprocess_from_args(args, model):
     """The model's preprocessing with the --scale/--mean/--std/--bgr of a command."""
     from onnxcompress.api import preprocess_for
-    from onnxcompress.compiler.config import parse_float_list
+    from onnxcompress.config import parse_float_list
 
     return preprocess_for(
         model,
@@ -106,7 +106,7 @@ def cmd_apply(args) -> int:
 
 def cmd_eval(args) -> int:
     from onnxcompress import api
-    from onnxcompress.compiler.config import parse_int_list
+    from onnxcompress.config import parse_int_list
 
     model = load_input_model(args.model, args, args.data)
     teacher = load_input_model(args.teacher, args, args.data) if args.teacher else None
@@ -134,7 +134,8 @@ def _outputs_for(args, model_path: Path, n_targets: int) -> list[Path]:
 
 
 def cmd_compress(args) -> int:
-    from onnxcompress.compiler.config import Target, parse_int_list
+    from onnxcompress.config import parse_int_list
+    from onnxcompress.search.targets import Target
 
     # validate the cheap things before importing the heavy pipeline (torch): bad options fail fast
     for t in args.target:
@@ -142,8 +143,8 @@ def cmd_compress(args) -> int:
     if args.classes:
         parse_int_list(args.classes, "--classes")
     from onnxcompress.compiler.onnx_io import save_model_atomic
-    from onnxcompress.compiler.pipeline import compress, interruptible
-    from onnxcompress.compiler.report import summary_table, write_report
+    from onnxcompress.pipeline import compress, interruptible
+    from onnxcompress.report import summary_table, write_report
 
     model_path = Path(args.model)
     targets = [Target.parse(t) for t in args.target]
@@ -202,11 +203,11 @@ def cmd_compress(args) -> int:
 
 def cmd_finetune(args) -> int:
     from onnxcompress.compiler.binary_head import restore_single_score
-    from onnxcompress.compiler.config import parse_int_list
+    from onnxcompress.config import parse_int_list
     from onnxcompress.compiler.data import InputSpec, Preprocess, load_data
     from onnxcompress.compiler.kd import KDConfig
     from onnxcompress.compiler.onnx_io import canonicalize, num_classes, save_model_atomic
-    from onnxcompress.compiler.pipeline import finetune_config, interruptible
+    from onnxcompress.pipeline import finetune_config, interruptible
     from onnxcompress.compiler.trainer import finetune
 
     out = check_output_path(args.output, [args.model, args.teacher])
@@ -245,8 +246,8 @@ def cmd_finetune(args) -> int:
 
 def cmd_demo(args) -> int:
     from onnxcompress.compiler.onnx_io import save_model_atomic
-    from onnxcompress.compiler.pipeline import compress, interruptible
-    from onnxcompress.compiler.report import summary_table, write_report
+    from onnxcompress.pipeline import compress, interruptible
+    from onnxcompress.report import summary_table, write_report
     from onnxcompress.models.demo import demo_data_paths, demo_teacher_path
 
     out_dir = Path(args.output_dir)

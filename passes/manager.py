@@ -10,7 +10,7 @@ import onnx
 from onnxcompress.compiler.ir import Analysis, analyze
 from onnxcompress.compiler.onnx_io import export_graph, import_graph, is_quantized
 from onnxcompress.compiler.runtime import make_session
-from onnxcompress.errors import CompressError, PlanError, VerificationError
+from onnxcompress.compiler.errors import CompressError, PlanError, VerificationError
 from onnxcompress.passes.plan import Plan
 from onnxcompress.passes.registry import PassContext, get_pass
 

@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 from onnxcompress.compiler.ir import Analysis, ChannelGroup, analyze, keep_by_space
 from onnxcompress.compiler.onnx_io import export_graph
 from onnxcompress.compiler.runtime import intermediate_outputs
-from onnxcompress.errors import PlanError
+from onnxcompress.compiler.errors import PlanError
 from onnxcompress.passes import importance
 from onnxcompress.passes.cut import apply_cut
 from onnxcompress.passes.manager import resolve

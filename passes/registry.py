@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcompress.errors import PlanError
+from onnxcompress.compiler.errors import PlanError
 
 
 class PassParams(Protocol):

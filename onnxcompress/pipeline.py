@@ -23,16 +23,16 @@ import numpy as np
 import onnx
 
 from onnxcompress.compiler import binary_head
-from onnxcompress.compiler.config import CompressConfig, Target
+from onnxcompress.config import CompressConfig, Target
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, as_classifier, load_data
 from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.kd import KDConfig
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, load_model, num_classes, save_model_atomic
-from onnxcompress.compiler.report import ModelMetrics, RunReport, StudentReport
+from onnxcompress.report import ModelMetrics, RunReport, StudentReport
 from onnxcompress.compiler.runtime import Latency, compare_latency, make_session, measure_latency, run_batched
 from onnxcompress.compiler.trainer import FinetuneConfig, finetune
-from onnxcompress.errors import DataError, ModelError, UsageError
+from onnxcompress.compiler.errors import DataError, ModelError, UsageError
 from onnxcompress.passes import Plan, apply_plan
 
 
@@ -349,7 +349,7 @@ class SearchOutcome:
     episodes: int
     evaluations: int
     wall_s: float
-    probes: tuple[tuple, ...] = ()  # per target: the structure families' probes (compiler/structure.py)
+    probes: tuple[tuple, ...] = ()  # per target: the structure families' probes (search/structure.py)
     channel_multiple: int = 1  # the width grid the search snapped to
 
 
@@ -359,7 +359,7 @@ DEFAULT_EPISODES = {"ddpg": 60, "reinforce": 60, "haq": 40, "random": 60, "unifo
 
 
 def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, config: CompressConfig, save_policy, load_policy) -> SearchOutcome:
-    from onnxcompress.compiler import structure
+    from onnxcompress.search import structure
     from onnxcompress.compiler.hardware import channel_multiple
     from onnxcompress.search.driver import SearchConfig, run_search
     from onnxcompress.search.executors import ExecutorConfig
@@ -390,7 +390,7 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
     if structural and agent != "uniform" and all(t.latency is None for t in config.targets):
         # (latency targets: the search's measured latency model decides, not a MACs-uniform plan)
         search_config, baseline, baselines = _uniform_baseline(base, job, search_config)
-    # structure families (compiler/structure.py): searches with a residual block removed first,
+    # structure families (search/structure.py): searches with a residual block removed first,
     # judged by a short fine-tune; for structural targets, when the student will be fine-tuned.
     # Agents that decide removals themselves (reinforce) get them too: judged without
     # fine-tuning, their removal stage learns to keep every unit (bench/results/search.md), so

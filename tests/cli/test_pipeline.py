@@ -1,8 +1,8 @@
-"""Small pieces of compiler/pipeline.py (the end-to-end runs are in tests/cli)."""
+"""Small pieces of onnxcompress/pipeline.py (the end-to-end runs are in tests/cli)."""
 
 from __future__ import annotations
 
-from onnxcompress.compiler.pipeline import accuracy_drop
+from onnxcompress.pipeline import accuracy_drop
 
 
 def test_accuracy_drop_equal_to_the_budget_meets_it():
@@ -12,7 +12,7 @@ def test_accuracy_drop_equal_to_the_budget_meets_it():
 
 
 def test_small_validation_sets_are_flagged():
-    from onnxcompress.compiler.pipeline import small_validation_note
+    from onnxcompress.pipeline import small_validation_note
 
     assert small_validation_note(1000, 1.0) is None and small_validation_note(100, 1.0) is None
     note = small_validation_note(4, 1.0)
@@ -21,7 +21,7 @@ def test_small_validation_sets_are_flagged():
 
 
 def test_a_student_slower_than_its_teacher_is_said_so():
-    from onnxcompress.compiler.pipeline import _slower_note
+    from onnxcompress.pipeline import _slower_note
     from onnxcompress.compiler.runtime import Latency
 
     teacher = Latency(0.1, 2.0)
@@ -38,7 +38,7 @@ def test_agents_that_remove_units_also_get_structure_families(tmp_path):
     import numpy as np
     import onnx
 
-    from onnxcompress.compiler.pipeline import compress
+    from onnxcompress.pipeline import compress
     from onnxcompress.compiler.runtime import make_session
     from tests.builders import resnet_like
 
@@ -60,10 +60,10 @@ def test_search_never_returns_less_than_the_uniform_baseline():
     scores well below uniform (measured: 86-91 % vs 93 % on 300 images)."""
     import dataclasses
 
-    from onnxcompress.compiler.config import CompressConfig, Target
+    from onnxcompress.config import CompressConfig, Target
     from onnxcompress.compiler.data import Preprocess
     from onnxcompress.compiler.onnx_io import canonicalize, load_model
-    from onnxcompress.compiler.pipeline import CRITERIA, _uniform_baseline, compress, prepare_data
+    from onnxcompress.pipeline import CRITERIA, _uniform_baseline, compress, prepare_data
     from onnxcompress.models.demo import demo_data_paths, demo_teacher_path
     from onnxcompress.search.driver import SearchConfig, run_search
 

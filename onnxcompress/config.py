@@ -1,0 +1,70 @@
+"""Typed configuration of a compression job, validated once at the edge (CLI / API)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onnxcompress.compiler.errors import UsageError
+from onnxcompress.search.targets import Target
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    targets: tuple[Target, ...]
+    max_drop: float = 1.0
+    classes: tuple[int, ...] | None = None
+    agent: str | None = None  # None: chosen from the target
+    episodes: int | None = None  # None: the agent's default for the model size
+    finetune_epochs: int = 3
+    seed: int = 0
+    workers: int = 1
+    executor: str = "local"
+    ray_address: str | None = None
+    val_size: int = 1000
+    calib_size: int = 256
+    checkpoint_dir: Path | None = None
+    progress: bool = True
+    families: int = 3  # structure families explored (search/structure.py); 1 = channels only
+    # kept channel counts are multiples of this when the budget allows; None: the NCHWc block of
+    # onnxruntime on this CPU (compiler/hardware.py), 1: any width (runtimes without blocked
+    # kernels, e.g. microcontrollers, where only MACs and bytes count)
+    channel_multiple: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise UsageError("give at least one --target, e.g. --target macs=0.5")
+        if not (0.0 <= self.max_drop <= 100.0):
+            raise UsageError(f"--max-drop {self.max_drop} must be between 0 and 100 accuracy points")
+        if self.finetune_epochs < 0:
+            raise UsageError("--finetune-epochs must be >= 0")
+        if self.episodes is not None and self.episodes < 1:
+            raise UsageError("--episodes must be >= 1")
+        if self.workers < 1:
+            raise UsageError("--workers must be >= 1")
+        if self.families < 1:
+            raise UsageError("--families must be >= 1")
+        if self.channel_multiple is not None and self.channel_multiple < 1:
+            raise UsageError(f"--channel-multiple must be >= 1 (1: any width), got {self.channel_multiple}")
+        if self.executor not in ("local", "ray"):
+            raise UsageError(f"--executor must be local or ray, got '{self.executor}'")
+        if self.classes is not None and (len(self.classes) == 0 or len(set(self.classes)) != len(self.classes) or min(self.classes) < 0):
+            raise UsageError("--classes must be distinct non-negative class numbers, e.g. 0,3,7")
+
+
+def parse_int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated integers, got '{text}'") from None
+
+
+def parse_float_list(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated numbers, got '{text}'") from None
+    if not values:
+        raise UsageError(f"{what} needs at least one number")
+    return values
