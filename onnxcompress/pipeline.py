@@ -33,7 +33,7 @@ from onnxcompress.report import ModelMetrics, RunReport, StudentReport
 from onnxcompress.compiler.runtime import Latency, compare_latency, make_session, measure_latency, run_batched
 from onnxcompress.compiler.trainer import FinetuneConfig, finetune
 from onnxcompress.compiler.errors import DataError, ModelError, UsageError
-from onnxcompress.passes import Plan, apply_plan
+from onnxcompress.passes import Plan, apply_plan, get_pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,7 +262,7 @@ def compress(
             ckpt.mkdir(parents=True, exist_ok=True)
         # quantize steps come last and are applied after fine-tuning: the trainer works on the
         # float student (the bridge has no QDQ ops) and quantization is calibrated on its weights
-        plan, quantization = split_quantization(plan)
+        plan, quantization = split_terminal(plan)
         student = apply_plan(base, plan, calibration=job.calibration, seed=config.seed)
         if config.finetune_epochs > 0 and not plan_is_empty(plan):
             _say(progress, f"fine-tuning the student for {tgt.label()} ({config.finetune_epochs} epochs, KD from the teacher)")
@@ -531,10 +531,11 @@ def plan_is_empty(plan: Plan) -> bool:
     return len(plan.steps) == 0
 
 
-def split_quantization(plan: Plan) -> tuple[Plan, Plan]:
-    """(the steps before the first quantize step, that step and the rest): structural passes
-    read float weights, so a plan quantizes last (passes/quantize.py)."""
-    first = next((i for i, s in enumerate(plan.steps) if s.name == "quantize"), len(plan.steps))
+def split_terminal(plan: Plan) -> tuple[Plan, Plan]:
+    """(the steps before the first terminal step, that step and the rest): the tail runs after
+    fine-tuning (PassSpec.terminal: quantization, whose structural predecessors read float
+    weights and whose calibration reads the tuned ones)."""
+    first = next((i for i, s in enumerate(plan.steps) if get_pass(s.name).terminal), len(plan.steps))
     return Plan(plan.steps[:first]), Plan(plan.steps[first:])
 
 

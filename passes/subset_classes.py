@@ -66,5 +66,4 @@ def subset_classes(graph: gs.Graph, params: SubsetClassesParams, ctx: PassContex
     return graph
 
 
-subset_classes.changes_outputs = True  # type: ignore[attr-defined]
-register("subset_classes", SubsetClassesParams)(subset_classes)
+register("subset_classes", SubsetClassesParams, changes_outputs=True)(subset_classes)

@@ -138,4 +138,6 @@ def quantize(graph: gs.Graph, params: QuantizeParams, ctx: PassContext) -> gs.Gr
     return qdq.realize(graph, precisions, work, stripped, data, params.calibration, ctx.seed)
 
 
-register("quantize", QuantizeParams)(quantize)
+# reads and rewrites its own QDQ forms (no float weights needed); the structural passes read float
+# weights, so it comes after them
+register("quantize", QuantizeParams, needs_float_weights=False, terminal=True)(quantize)
