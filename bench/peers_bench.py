@@ -367,22 +367,12 @@ def onnxcompress_row(task: Task, agent: str, target: float, epochs: int, seed: i
                      channel_multiple: int | None = None) -> Row:
     """`compress` with `agent`; `channel_multiple` None is compress's default (onnxruntime's
     channel block, for real speed), 1 lets it keep any width like the other rows do."""
+    from onnxcompress.config import CompressConfig
     from onnxcompress.pipeline import compress
 
-    result = compress(
-        task.teacher_path,
-        task.train_path,
-        f"macs={target}",
-        val_data=task.val_path,
-        agent=agent,
-        episodes=episodes,
-        finetune_epochs=epochs,
-        seed=seed,
-        preprocess=task.preprocess,
-        progress=False,
-        workers=SEARCH_WORKERS,
-        channel_multiple=channel_multiple,
-    )
+    config = CompressConfig.from_options(f"macs={target}", agent=agent, episodes=episodes, finetune_epochs=epochs, seed=seed,
+                                         progress=False, workers=SEARCH_WORKERS, channel_multiple=channel_multiple)
+    result = compress(task.teacher_path, task.train_path, config, val_data=task.val_path, preprocess=task.preprocess)
     s = result.students[0]
     r = result.report
     detail = f"{r.episodes} episodes, {r.evaluations} evaluations; plan {_short_plan(s.plan.to_json())}"

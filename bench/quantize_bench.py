@@ -108,10 +108,12 @@ def _haq(calib_path: Path, size: float) -> Variant:
     """`onnxcompress MODEL --target size=S --agent haq --finetune-epochs 0`: HAQ chooses each
     layer's bits (int8 / int4) under the size budget; its own validation images are held out of
     the 10k training file by compress."""
+    from onnxcompress.config import CompressConfig
     from onnxcompress.pipeline import compress
 
     t0 = time.perf_counter()
-    result = compress(RESNET8, calib_path, f"size={size}", agent="haq", finetune_epochs=0, seed=0, preprocess=Preprocess(scale=1.0), progress=False)
+    config = CompressConfig.from_options(f"size={size}", agent="haq", finetune_epochs=0, seed=0, progress=False)
+    result = compress(RESNET8, calib_path, config, preprocess=Preprocess(scale=1.0))
     student = result.students[0]
     bits = {}
     for step in student.plan.to_json()["passes"]:

@@ -22,7 +22,7 @@ _API = {
     "inspect": "onnxcompress.api",
     "load": "onnxcompress.api",
     "finetune": "onnxcompress.api",
-    "compress": "onnxcompress.pipeline",
+    "compress": "onnxcompress.api",
     "CompressResult": "onnxcompress.pipeline",
     "Plan": "onnxcompress.passes.plan",
     "Target": "onnxcompress.search.targets",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import onnx
@@ -18,7 +18,12 @@ from onnxcompress.compiler.inspection import inspect_model
 from onnxcompress.compiler.onnx_io import canonicalize, dynamic_batch, is_quantized, load_model, num_classes
 from onnxcompress.compiler.runtime import Latency, make_session, measure_latency, run_batched
 from onnxcompress.errors import DataError, ModelError
+from onnxcompress.config import CompressConfig
 from onnxcompress.passes import Plan, apply_plan
+from onnxcompress.search.targets import Target
+
+if TYPE_CHECKING:  # pragma: no cover
+    from onnxcompress.pipeline import CompressResult
 
 PathLike = str | os.PathLike
 
@@ -142,6 +147,37 @@ def evaluate(
     cost = model_cost(m if is_quantized(m) else canonicalize(m))
     latency = measure_latency(dynamic_batch(m), ds.x[:32])
     return Evaluation(accuracy, agreement, len(ds), cost.macs, cost.params, m.ByteSize(), latency)
+
+
+def compress(
+    model: PathLike | onnx.ModelProto,
+    data: PathLike,
+    target: "str | Target | Sequence[str | Target] | None" = None,
+    *,
+    config: CompressConfig | None = None,
+    val_data: PathLike | None = None,
+    preprocess: Preprocess | None = None,
+    save_policy: PathLike | None = None,
+    load_policy: PathLike | None = None,
+    name: str | None = None,
+    input_size: tuple[int, int] | None = None,
+    **options: Any,
+) -> CompressResult:
+    """Searches, rewrites and fine-tunes a student per target (onnxcompress/pipeline.py).
+
+    `options` are CompressConfig's fields by name (max_drop=, classes=, agent=, episodes=,
+    finetune_epochs=, seed=, workers=, ...); an unknown name is a TypeError. With `config`, the
+    options and `target` override its fields."""
+    from onnxcompress import pipeline  # torch: imported when a job runs, not with the API
+
+    if config is None:
+        if target is None:
+            raise TypeError('compress() needs a target (e.g. target="macs=0.5") or a config')
+        config = CompressConfig.from_options(target, **options)
+    elif target is not None or options:
+        config = config.with_options(target, **options)
+    return pipeline.compress(model, data, config, val_data=val_data, preprocess=preprocess, save_policy=save_policy,
+                             load_policy=load_policy, name=name, input_size=input_size)
 
 
 def finetune(

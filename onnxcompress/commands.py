@@ -134,7 +134,7 @@ def _outputs_for(args, model_path: Path, n_targets: int) -> list[Path]:
 
 
 def cmd_compress(args) -> int:
-    from onnxcompress.config import parse_int_list
+    from onnxcompress.config import CompressConfig, parse_int_list
     from onnxcompress.search.targets import Target
 
     # validate the cheap things before importing the heavy pipeline (torch): bad options fail fast
@@ -159,30 +159,26 @@ def cmd_compress(args) -> int:
     if ckpt.exists() and not args.resume:
         shutil.rmtree(ckpt, ignore_errors=True)
     ckpt.mkdir(exist_ok=True)
+    config = CompressConfig(
+        targets=tuple(targets),
+        max_drop=args.max_drop,
+        classes=parse_int_list(args.classes, "--classes") if args.classes else None,
+        agent=args.agent,
+        episodes=args.episodes,
+        finetune_epochs=args.finetune_epochs,
+        seed=args.seed,
+        workers=args.workers,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        checkpoint_dir=ckpt,
+        progress=not args.quiet,
+        families=args.families,
+        channel_multiple=args.channel_multiple,
+    )
+    preprocess = preprocess_from_args(args, original)
     with interruptible():
-        result = compress(
-            original,
-            args.data,
-            targets,
-            val_data=args.val_data,
-            max_drop=args.max_drop,
-            classes=parse_int_list(args.classes, "--classes") if args.classes else None,
-            agent=args.agent,
-            episodes=args.episodes,
-            finetune_epochs=args.finetune_epochs,
-            seed=args.seed,
-            workers=args.workers,
-            executor=args.executor,
-            ray_address=args.ray_address,
-            preprocess=preprocess_from_args(args, original),
-            checkpoint_dir=ckpt,
-            progress=not args.quiet,
-            save_policy=args.save_policy,
-            load_policy=args.load_policy,
-            name=model_path.name,
-            families=args.families,
-            channel_multiple=args.channel_multiple,
-        )
+        result = compress(original, args.data, config, val_data=args.val_data, preprocess=preprocess,
+                          save_policy=args.save_policy, load_policy=args.load_policy, name=model_path.name)
     students = []
     report = result.report
     with interrupts.committing():
@@ -246,6 +242,7 @@ def cmd_finetune(args) -> int:
 
 def cmd_demo(args) -> int:
     from onnxcompress.compiler.onnx_io import save_model_atomic
+    from onnxcompress.config import CompressConfig
     from onnxcompress.pipeline import compress, interruptible
     from onnxcompress.report import summary_table, write_report
     from onnxcompress.models.demo import demo_data_paths, demo_teacher_path
@@ -255,20 +252,10 @@ def cmd_demo(args) -> int:
     teacher_path = demo_teacher_path()
     train_path, test_path = demo_data_paths()
     print(f"onnxcompress demo: bundled Fashion-MNIST teacher {teacher_path.name}, compressing to ~1/3 of its MACs", file=sys.stderr)
+    config = CompressConfig.from_options("macs=0.33", max_drop=1.0, episodes=8 if args.quick else None,
+                                         finetune_epochs=1 if args.quick else 6, seed=args.seed)
     with interruptible():
-        result = compress(
-            teacher_path,
-            train_path,
-            "macs=0.33",
-            val_data=test_path,
-            max_drop=1.0,
-            agent=None,
-            episodes=8 if args.quick else None,
-            finetune_epochs=1 if args.quick else 6,
-            seed=args.seed,
-            progress=True,
-            name="demo_teacher.onnx",
-        )
+        result = compress(teacher_path, train_path, config, val_data=test_path, name="demo_teacher.onnx")
     with interrupts.committing():
         student_path = save_model_atomic(result.model, out_dir / "student.onnx")
         report = replace(result.report, students=tuple(replace(r, output=str(student_path)) for r in result.report.students))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, Sequence
 
 from onnxcompress.compiler.errors import UsageError
 from onnxcompress.search.targets import Target
@@ -33,6 +34,12 @@ class CompressConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # the forms users write (a target string, a list of classes, a str path) normalised once
+        object.__setattr__(self, "targets", tuple(t if isinstance(t, Target) else Target.parse(t) for t in self.targets))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
+        if self.checkpoint_dir is not None:
+            object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
         if not self.targets:
             raise UsageError("give at least one --target, e.g. --target macs=0.5")
         if not (0.0 <= self.max_drop <= 100.0):
@@ -51,6 +58,30 @@ class CompressConfig:
             raise UsageError(f"--executor must be local or ray, got '{self.executor}'")
         if self.classes is not None and (len(self.classes) == 0 or len(set(self.classes)) != len(self.classes) or min(self.classes) < 0):
             raise UsageError("--classes must be distinct non-negative class numbers, e.g. 0,3,7")
+
+
+    @classmethod
+    def from_options(cls, target: "str | Target | Sequence[str | Target]", **options: Any) -> "CompressConfig":
+        """A config from `target` (one or several, as Target or `macs=0.5` strings) and any other
+        fields by name; an unknown name is a TypeError that lists the known ones."""
+        _check_option_names(options)
+        return cls(targets=_targets(target), **options)
+
+    def with_options(self, target: "str | Target | Sequence[str | Target] | None" = None, **options: Any) -> "CompressConfig":
+        """This config with `target` (when given) and the named fields replaced."""
+        _check_option_names(options)
+        return replace(self, **options, **({"targets": _targets(target)} if target is not None else {}))
+
+
+def _targets(target: "str | Target | Sequence[str | Target]") -> tuple:
+    return tuple(target) if isinstance(target, (list, tuple)) else (target,)
+
+
+def _check_option_names(options: dict[str, Any]) -> None:
+    known = {f.name for f in fields(CompressConfig)} - {"targets"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown compress option(s) {', '.join(unknown)}; the options are the fields of CompressConfig: {', '.join(sorted(known))}")
 
 
 def parse_int_list(text: str, what: str) -> tuple[int, ...]:

@@ -177,53 +177,26 @@ def finetune_config(epochs: int, seed: int, classes: tuple[int, ...] | None) -> 
 def compress(
     model: str | Path | onnx.ModelProto,
     data: str | Path,
-    target: str | Target | Sequence[str | Target],
+    config: CompressConfig,
+    *,
     val_data: str | Path | None = None,
-    max_drop: float = 1.0,
-    classes: Sequence[int] | None = None,
-    agent: str | None = None,
-    episodes: int | None = None,
-    finetune_epochs: int = 3,
-    seed: int = 0,
-    workers: int = 1,
-    executor: str = "local",
-    ray_address: str | None = None,
     preprocess: Preprocess | None = None,
-    checkpoint_dir: str | Path | None = None,
-    progress: bool = True,
     save_policy: str | Path | None = None,
     load_policy: str | Path | None = None,
     name: str | None = None,
-    families: int = 3,
-    channel_multiple: int | None = None,
     input_size: tuple[int, int] | None = None,
 ) -> CompressResult:
-    """Searches, rewrites and fine-tunes a student per target. See the module docstring.
-    `input_size`: the height and width for a model exported with dynamic ones (default: the size
-    of the `.npz` images)."""
-    targets = target if isinstance(target, (list, tuple)) else [target]
-    config = CompressConfig(
-        targets=tuple(t if isinstance(t, Target) else Target.parse(t) for t in targets),
-        max_drop=max_drop,
-        classes=tuple(classes) if classes is not None else None,
-        agent=agent,
-        episodes=episodes,
-        finetune_epochs=finetune_epochs,
-        seed=seed,
-        workers=workers,
-        executor=executor,
-        ray_address=ray_address,
-        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
-        progress=progress,
-        families=families,
-        channel_multiple=channel_multiple,
-    )
+    """Searches, rewrites and fine-tunes a student per target of `config`. See the module
+    docstring. The keywords are what is not the job's configuration: the validation data, the
+    preprocessing (default: the model's metadata), the RL policy files, the name in the report,
+    and `input_size`, the height and width for a model exported with dynamic ones (default: the
+    size of the `.npz` images). onnxcompress.compress is the same with options by name."""
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     model_name = name or (Path(model).name if not isinstance(model, onnx.ModelProto) else "model.onnx")
     # a dynamic input size pinned, a sigmoid head searched and trained as two classes
-    original, note = as_classifier(original, data, input_size, model_name, classes)
+    original, note = as_classifier(original, data, input_size, model_name, config.classes)
     if note:
-        _say(progress, note)
+        _say(config.progress, note)
     if is_quantized(original):
         raise ModelError(f"{model_name} is already quantized (QuantizeLinear/DequantizeLinear): compress needs the float "
                          "teacher (quantization is one of its own passes)")
@@ -233,13 +206,13 @@ def compress(
     if config.classes is not None and n_classes is not None and max(config.classes) >= n_classes:
         raise UsageError(f"--classes {max(config.classes)} is out of range: the model has {n_classes} classes (0..{n_classes - 1})")
     job = prepare_data(teacher, data, val_data, preprocess, config.classes, config.val_size, config.calib_size, config.seed)
-    _say(progress, f"teacher: {model_name}; data: {len(job.train)} train / {len(job.val)} validation samples")
+    _say(config.progress, f"teacher: {model_name}; data: {len(job.train)} train / {len(job.val)} validation samples")
     if job.val.y is None:
-        _say(progress, "note: the data has no labels: top-1 below is agreement with the teacher's predictions "
+        _say(config.progress, "note: the data has no labels: top-1 below is agreement with the teacher's predictions "
                        "(the teacher's own is 100 % by definition)")
     note = small_validation_note(len(job.val), config.max_drop)
     if note:
-        _say(progress, note)
+        _say(config.progress, note)
 
     # the search base: the teacher, specialised to the classes when asked
     prefix = Plan()
@@ -265,7 +238,7 @@ def compress(
         plan, quantization = split_terminal(plan)
         student = apply_plan(base, plan, calibration=job.calibration, seed=config.seed)
         if config.finetune_epochs > 0 and not plan_is_empty(plan):
-            _say(progress, f"fine-tuning the student for {tgt.label()} ({config.finetune_epochs} epochs, KD from the teacher)")
+            _say(config.progress, f"fine-tuning the student for {tgt.label()} ({config.finetune_epochs} epochs, KD from the teacher)")
             student, ft = finetune(
                 student,
                 teacher,
@@ -273,7 +246,7 @@ def compress(
                 job.val,
                 finetune_config(config.finetune_epochs, config.seed, config.classes),
                 checkpoint_dir=ckpt,
-                progress=progress,
+                progress=config.progress,
             )
             ft_wall += ft.wall_s
         final_plan = prefix.then(plan)

@@ -38,7 +38,7 @@ def test_agents_that_remove_units_also_get_structure_families(tmp_path):
     import numpy as np
     import onnx
 
-    from onnxcompress.pipeline import compress
+    from onnxcompress import compress
     from onnxcompress.compiler.runtime import make_session
     from tests.builders import resnet_like
 
@@ -60,10 +60,11 @@ def test_search_never_returns_less_than_the_uniform_baseline():
     scores well below uniform (measured: 86-91 % vs 93 % on 300 images)."""
     import dataclasses
 
-    from onnxcompress.config import CompressConfig, Target
     from onnxcompress.compiler.data import Preprocess
     from onnxcompress.compiler.onnx_io import canonicalize, load_model
+    from onnxcompress.config import CompressConfig
     from onnxcompress.pipeline import CRITERIA, _uniform_baseline, compress, prepare_data
+    from onnxcompress.search.targets import Target
     from onnxcompress.models.demo import demo_data_paths, demo_teacher_path
     from onnxcompress.search.driver import SearchConfig, run_search
 
@@ -89,8 +90,26 @@ def test_search_never_returns_less_than_the_uniform_baseline():
     alone = run_search(base, job.val, job.calibration, chosen, progress=False).best[0].metrics.accuracy
     assert alone < best.metrics.accuracy
     # ...and compress returns the baseline's score or better
-    result = compress(demo_teacher_path(), train, target, agent="random", episodes=1, finetune_epochs=0, families=1,
-                      channel_multiple=1, progress=False, seed=0)
+    config = CompressConfig(targets=(target,), agent="random", episodes=1, finetune_epochs=0, families=1, channel_multiple=1,
+                            progress=False, seed=0)
+    result = compress(demo_teacher_path(), train, config)
     student = result.students[0]
     assert student.search_accuracy is not None and student.search_accuracy >= best.metrics.accuracy - 1e-9
     assert result.report.evaluations >= 1 + len(CRITERIA)  # the search's own plus the uniform baselines
+
+
+def test_compress_options_are_the_config_fields():
+    """onnxcompress.compress takes CompressConfig's fields by name (no restated parameter list):
+    an unknown name is a TypeError naming it, before any file is read."""
+    import pytest
+
+    import onnxcompress
+    from onnxcompress.config import CompressConfig
+
+    with pytest.raises(TypeError, match="unknown compress option.*epochs.*finetune_epochs"):
+        onnxcompress.compress("missing.onnx", "missing.npz", "macs=0.5", epochs=3)
+    with pytest.raises(TypeError, match="needs a target"):
+        onnxcompress.compress("missing.onnx", "missing.npz")
+    config = CompressConfig.from_options(["macs=0.5", "size=0.3"], classes=[2, 0], checkpoint_dir="ck", seed=4)
+    assert config.classes == (2, 0) and str(config.checkpoint_dir) == "ck" and len(config.targets) == 2
+    assert config.with_options("macs=0.2", agent="ddpg").targets[0].macs == 0.2 and config.with_options(agent="ddpg").seed == 4
