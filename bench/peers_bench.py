@@ -332,27 +332,15 @@ def torch_pruning_row(task: Task, target: float, epochs: int, seed: int, global_
 
 
 def uniform_l1_row(task: Task, target: float, epochs: int, seed: int) -> Row:
-    from onnxcompress.compiler.cost import SearchCost, model_cost
+    from onnxcompress.compiler.cost import model_cost
     from onnxcompress.compiler.ir import analyze
     from onnxcompress.compiler.onnx_io import import_graph
     from onnxcompress.passes import Plan, apply_plan
-    from onnxcompress.passes.prune_channels import rounded_keep
+    from onnxcompress.passes.prune_channels import uniform_ratio
 
     t0 = time.perf_counter()
-    analysis = analyze(import_graph(task.teacher))
-    cost = SearchCost(analysis)
-    groups = [g for g in analysis.groups if g.prunable]
-    lo, hi = 0.0, 0.95  # bisection: the smallest ratio whose predicted MACs meet the target
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        keep = {g.id: rounded_keep(g.channels, g.channels * (1 - mid), 1) for g in groups}
-        if cost.macs(keep) <= target * cost.total_macs:
-            hi = mid
-        else:
-            lo = mid
-    # rounded UP: kept counts only shrink as the ratio grows, while rounding to nearest can step back
-    # over a rounding boundary of some group's count and miss the target
-    ratio = math.ceil(hi * 1e6) / 1e6
+    # the smallest ratio whose predicted MACs meet the target (bisection on the exact cost model)
+    ratio = uniform_ratio(analyze(import_graph(task.teacher)), macs=target, iterations=40, decimals=6)
     plan = Plan.from_json({"passes": [{"pass": "prune_channels", "ratio": ratio, "criterion": "l1", "reconstruct": True}]})
     student = apply_plan(task.teacher, plan, calibration=task.job.calibration, seed=seed)
     if model_cost(student).macs > target * model_cost(task.teacher).macs:
@@ -399,9 +387,10 @@ def int8_row(task: Task, agent_rows: list[Row], seed: int) -> Row:
 
 
 def _top1(model: onnx.ModelProto, data) -> float:
+    from onnxcompress.compiler.metrics import top1
     from onnxcompress.compiler.runtime import make_session, run_batched
 
-    return float((run_batched(make_session(model), data.x).argmax(1) == data.y).mean())
+    return top1(run_batched(make_session(model), data.x), data.y)
 
 
 def _short_plan(plan: dict) -> str:
@@ -423,10 +412,11 @@ def _short_plan(plan: dict) -> str:
 
 def measure(task: Task, rows: list[Row], rounds: int) -> None:
     from onnxcompress.compiler.cost import model_cost
+    from onnxcompress.compiler.metrics import predicted_classes
     from onnxcompress.compiler.runtime import compare_latency, make_session, run_batched
 
     for row in rows:
-        pred = run_batched(make_session(row.model), task.test.x).reshape(len(task.test), -1).argmax(1)
+        pred = predicted_classes(run_batched(make_session(row.model), task.test.x))
         row.correct = pred == task.test.y
         row.test_top1 = float(row.correct.mean())
         cost = model_cost(onnx.shape_inference.infer_shapes(row.model))  # the cost model reads inferred shapes

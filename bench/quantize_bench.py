@@ -26,11 +26,11 @@ import onnx
 
 from bench.common import CIFAR_TEST, CIFAR_TRAIN, RESNET8, header, require_realdata, table, write_result
 from onnxcompress.compiler.data import InputSpec, Preprocess, load_data
+from onnxcompress.compiler.metrics import predicted_classes, top1
 from onnxcompress.compiler.onnx_io import load_canonical
-from onnxcompress.compiler.runtime import paired_times
-from onnxcompress.passes.quantize.precision import PrecisionCost
-from onnxcompress.compiler.runtime import make_session, run_batched
+from onnxcompress.compiler.runtime import make_session, paired_times, run_batched
 from onnxcompress.passes import Plan, apply_plan
+from onnxcompress.passes.quantize.precision import PrecisionCost
 
 CALIBRATION_IMAGES = 300
 INT4 = "ours int4 weight-only, convs (GPTQ)"
@@ -269,16 +269,15 @@ def run(quick: bool = False) -> str:
     variants.append(_ours(teacher, "ours mixed: first+last int8, middle int4", [{"nodes": mixed}], calib))
     variants.append(_haq(CIFAR_TRAIN, HAQ_SIZE))
 
-    fp32_pred = run_batched(make_session(teacher), test.x).argmax(1)
+    fp32_pred = predicted_classes(run_batched(make_session(teacher), test.x))
     for v in variants:
-        pred = run_batched(make_session(v.model), test.x).argmax(1)
-        v.top1 = float((pred == test.y).mean())
-        v.agree = float((pred == fp32_pred).mean())
+        scores = run_batched(make_session(v.model), test.x)
+        v.top1, v.agree = top1(scores, test.y), top1(scores, fp32_pred)
         v.file_bytes = _file_bytes(v.model)
     nncf_biases_top1 = None
     if nncf_variant is not None:
         fp32_nncf_biases = _with_biases_of(teacher, nncf_variant.model)
-        nncf_biases_top1 = float((run_batched(make_session(fp32_nncf_biases), test.x).argmax(1) == test.y).mean())
+        nncf_biases_top1 = top1(run_batched(make_session(fp32_nncf_biases), test.x), test.y)
     times = paired_times(teacher, [v.model for v in variants[1:]], test.x[:32], rounds=7 if quick else 25)
     fp32_lat, lats = times.medians()
     lats = [fp32_lat] + lats

@@ -22,13 +22,13 @@ import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler.onnx_io import is_quantized
 from onnxcompress.compiler.ops import ChannelLayout, const
-from onnxcompress.compiler.ops import LAYER_OPS
+from onnxcompress.compiler.ops import LAYER_OPS, WEIGHT_PRECISIONS
 
 if TYPE_CHECKING:  # pragma: no cover
     from onnxcompress.compiler.ir import Analysis
 
 # bytes a weight element takes in each precision the quantize pass can emit
-BYTES_PER_ELEMENT = {32: 4.0, 16: 2.0, 8: 1.0, 4: 0.5}
+BYTES_PER_ELEMENT = {bits: bits / 8 for bits in WEIGHT_PRECISIONS}
 
 
 def _int_dims(shape) -> list[int] | None:

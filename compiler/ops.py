@@ -681,3 +681,8 @@ KD_FEATURE_OPS = _ops_with("kd_feature")
 WEIGHT_SLOTS: dict[str, frozenset[int]] = {op: f.weight_slots for op, f in OP_FACTS.items() if f.weight_slots}
 TRAINING_OUTPUTS: dict[str, str] = {op: f.training_output for op, f in OP_FACTS.items() if f.training_output}
 AXES_INPUT_SINCE: dict[str, int] = {op: f.axes_input_since for op, f in OP_FACTS.items() if f.axes_input_since}
+
+# the precisions (bits) the quantize pass can store a quantizable op's weight in (32: float, 16: fp16,
+# 8: int8 QDQ, 4: int4 weight-only; passes/quantize/forms.py), widest first; the cost model, the
+# pass and the search all read this one list
+WEIGHT_PRECISIONS = (32, 16, 8, 4)

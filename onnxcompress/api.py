@@ -15,6 +15,7 @@ from onnxcompress.compiler import binary_head
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, as_classifier, load_data
 from onnxcompress.compiler.inspection import inspect_model
+from onnxcompress.compiler.metrics import predicted_classes, top1
 from onnxcompress.compiler.onnx_io import canonicalize, dynamic_batch, is_quantized, load_model, num_classes
 from onnxcompress.compiler.runtime import Latency, make_session, measure_latency, run_batched
 from onnxcompress.errors import DataError, ModelError
@@ -131,8 +132,8 @@ def evaluate(
     ds = data if isinstance(data, Dataset) else read_data(data, m, preprocess, limit=limit)
     if len(ds) == 0:
         raise DataError("the evaluation data is empty")
-    pred = predict(m, ds.x).argmax(1)
-    accuracy = float((pred == ds.y).mean()) if ds.y is not None else None
+    scores = predict(m, ds.x)
+    accuracy = top1(scores, ds.y) if ds.y is not None else None
     agreement = None
     if teacher is not None:
         t = _read(teacher, data, input_size)
@@ -141,7 +142,7 @@ def evaluate(
             t_scores = t_scores[:, list(classes)]
         if t_scores.shape[1] != predict(m, ds.x[:1]).shape[1]:
             raise ModelError("the teacher and the model have different numbers of outputs (use --classes for a class-subset student)")
-        agreement = float((t_scores.argmax(1) == pred).mean())
+        agreement = top1(t_scores, predicted_classes(scores))
     # cost of the canonical form (folds e.g. a Reshape'd MatMul weight), except for a quantized
     # graph, whose DequantizeLinear weights constant folding would widen back to float
     cost = model_cost(m if is_quantized(m) else canonicalize(m))

@@ -10,7 +10,6 @@ logits at the kept classes).
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import time
@@ -28,6 +27,7 @@ from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, as_classifier, load_data
 from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.kd import KDConfig
+from onnxcompress.compiler.metrics import predicted_classes, top1
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, load_model, num_classes, save_model_atomic
 from onnxcompress.report import ModelMetrics, RunReport, StudentReport
 from onnxcompress.compiler.runtime import Latency, compare_latency, make_session, measure_latency, run_batched
@@ -83,21 +83,16 @@ def prepare_data(
 # ----------------------------------------------------------------------------------------------
 
 
-def top1(model: onnx.ModelProto, data: Dataset, reference: np.ndarray | None = None) -> float | None:
+def model_top1(model: onnx.ModelProto, data: Dataset, reference: np.ndarray | None = None) -> float | None:
     """Top-1 against labels, or agreement with `reference` predictions when there are none."""
-    scores = run_batched(make_session(model), data.x)
-    pred = scores.reshape(len(scores), -1).argmax(1)
-    if data.y is not None:
-        return float((pred == data.y).mean())
-    if reference is not None:
-        return float((pred == reference).mean())
-    return None
+    target = data.y if data.y is not None else reference
+    return None if target is None else top1(run_batched(make_session(model), data.x), target)
 
 
 def measure(model: onnx.ModelProto, data: Dataset, reference: np.ndarray | None = None, latency: bool = True) -> ModelMetrics:
     """Cost, top-1 and (unless `latency=False`: the caller times models side by side) latency."""
     cost = model_cost(model)
-    return ModelMetrics(cost.macs, cost.params, model.ByteSize(), top1(model, data, reference),
+    return ModelMetrics(cost.macs, cost.params, model.ByteSize(), model_top1(model, data, reference),
                         measure_latency(model, data.x[:32]) if latency else None)
 
 
@@ -220,7 +215,7 @@ def compress(
     if config.classes is not None:
         prefix = Plan.from_json({"passes": [{"pass": "subset_classes", "classes": list(config.classes)}]})
         base = apply_plan(teacher, prefix)
-    teacher_pred = run_batched(make_session(base), job.val.x).argmax(1) if job.val.y is None else None
+    teacher_pred = predicted_classes(run_batched(make_session(base), job.val.x)) if job.val.y is None else None
     teacher_metrics = measure(base, job.val, teacher_pred, latency=False)
     if teacher_metrics.accuracy is None:
         teacher_metrics = replace(teacher_metrics, accuracy=1.0)  # agreement with itself
@@ -474,24 +469,10 @@ def _uniform_baseline(base: onnx.ModelProto, job: JobData, search_config):
 def _uniform_plan(base: onnx.ModelProto, target: Target) -> Plan:
     """The uniform ratio whose predicted MACs/params meet the target (bisection on the exact
     cost model); used only when the search found nothing within the target."""
-    from onnxcompress.compiler.cost import SearchCost
-    from onnxcompress.passes.prune_channels import rounded_keep
+    from onnxcompress.passes.prune_channels import uniform_ratio
 
-    analysis = analyze(import_graph(base))
-    cost = SearchCost(analysis)
-    groups = [g for g in analysis.groups if g.prunable]
-    goal_macs = (target.macs or 1.0) * cost.total_macs
-    goal_params = (target.params or 1.0) * cost.total_layer_params
-    lo, hi = 0.0, 0.95
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        keep = {g.id: rounded_keep(g.channels, g.channels * (1 - mid), 1) for g in groups}
-        if cost.macs(keep) <= goal_macs and cost.layer_params(keep) <= goal_params:
-            hi = mid
-        else:
-            lo = mid
-    # round *up*: rounding to nearest can step back over a channel-count boundary and miss the target
-    return Plan.from_json({"passes": [{"pass": "prune_channels", "ratio": min(0.95, math.ceil(hi * 1e4) / 1e4), "reconstruct": True}]})
+    ratio = uniform_ratio(analyze(import_graph(base)), macs=target.macs, params=target.params)
+    return Plan.from_json({"passes": [{"pass": "prune_channels", "ratio": ratio, "reconstruct": True}]})
 
 
 def accuracy_drop(teacher: float | None, student: float | None) -> float:

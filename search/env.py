@@ -37,10 +37,10 @@ from onnxcompress.search.metrics import Budget, Cost, Metrics
 from onnxcompress.search.rewards import get_reward
 from onnxcompress.search.space import Decision, SearchSpace, Structure, bits_from_action, keep_bounds
 from onnxcompress.search.targets import Target
-from onnxcompress.compiler.ops import FULLY_CONNECTED_OPS
+from onnxcompress.compiler.ops import FULLY_CONNECTED_OPS, WEIGHT_PRECISIONS
 
 STAGE_ORDERS = (("prune",), ("remove",), ("remove", "prune"), ("quantize",))
-BIT_WIDTHS = (4, 8, 16, 32)  # what the quantize pass writes (passes/quantize/forms.py)
+BIT_WIDTHS = tuple(sorted(WEIGHT_PRECISIONS))  # what the quantize pass writes, narrowest first
 
 FEATURES = (
     "index",  # position in the stage, 0..1

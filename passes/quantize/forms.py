@@ -36,9 +36,9 @@ import onnx_graphsurgeon as gs
 from onnx import version_converter
 
 from onnxcompress.compiler.errors import ModelError
-from onnxcompress.compiler.ops import QUANTIZABLE_OPS
+from onnxcompress.compiler.ops import QUANTIZABLE_OPS, WEIGHT_PRECISIONS
 
-PRECISIONS = (32, 16, 8, 4)
+PRECISIONS = WEIGHT_PRECISIONS
 LAYER_OPS = QUANTIZABLE_OPS  # layers whose constant weight gets a precision (the op table's `quantizable`)
 INT4_MIN_OPSET = 21  # DequantizeLinear on int4 tensors
 QDQ_MIN_OPSET = 13  # per-axis QuantizeLinear / DequantizeLinear

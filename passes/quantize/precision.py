@@ -53,7 +53,7 @@ from onnxcompress.compiler.onnx_io import export_graph, import_graph
 from onnxcompress.compiler.runtime import Latency, paired_latency
 from onnxcompress.compiler.errors import PlanError
 
-QUANTIZED_PRECISIONS = (16, 8, 4)
+QUANTIZED_PRECISIONS = tuple(b for b in forms.PRECISIONS if b != 32)  # (16, 8, 4)
 _UNIFORM = ""  # key of the every-layer-at-one-precision model in the latency measurements
 
 
