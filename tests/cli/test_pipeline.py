@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from onnxcompress.pipeline import accuracy_drop
 
 
@@ -31,6 +33,7 @@ def test_a_student_slower_than_its_teacher_is_said_so():
     assert "--channel-multiple" not in _slower_note(Latency(0.2, 2.5), teacher, 16)
 
 
+@pytest.mark.slow
 def test_agents_that_remove_units_also_get_structure_families(tmp_path):
     """N2N's REINFORCE decides removals itself, but judged without fine-tuning it learns to keep
     every unit; compress therefore runs it on the structure families too (a block removed first,
@@ -53,6 +56,7 @@ def test_agents_that_remove_units_also_get_structure_families(tmp_path):
     assert result.students[0].metrics.macs <= 0.5 * result.teacher.macs
 
 
+@pytest.mark.slow
 def test_search_never_returns_less_than_the_uniform_baseline():
     """compress evaluates the uniform plan with each channel criterion, searches with the better
     criterion, and keeps the uniform plan when the search's best channel plan scores below it on
@@ -101,7 +105,7 @@ def test_search_never_returns_less_than_the_uniform_baseline():
 def test_compress_options_are_the_config_fields():
     """onnxcompress.compress takes CompressConfig's fields by name (no restated parameter list):
     an unknown name is a TypeError naming it, before any file is read."""
-    import pytest
+
 
     import onnxcompress
     from onnxcompress.config import CompressConfig
