@@ -1,5 +1,6 @@
 # One-command set-up on a fresh machine: `make demo` (set up + run the embedded default) and
-# `make test` (set up + run the test suite). Both create the virtual environment at .venv.
+# `make test` (set up + run the test suite; `make test-fast`: the quick lane while working). Both
+# create the virtual environment at .venv.
 #
 # torch: the CPU build is all onnxcompress needs. On our machines `pip install torch==2.13.0`
 # takes a local CPU wheel; elsewhere pick another build with e.g.
@@ -10,7 +11,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test bench bench-quick clean
+.PHONY: setup demo test test-fast bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# the lane to run while working (under 3 minutes on 2 cores): neither the longest tests nor those
+# that read ../shared/realdata (tests/conftest.py); `make test` (what CI runs) is the whole suite
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow and not realdata"
 
 bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[bench]"

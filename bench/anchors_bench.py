@@ -87,14 +87,13 @@ PUBLISHED = [
 
 # =============================================================================================
 # ADAPTER: every call into the product's pipeline / config / report API is in this section
-# (onnxcompress.compiler.{pipeline,config,report} move to onnxcompress.{pipeline,config,report}
-# and compress() takes a CompressConfig on another branch: fix the imports here only).
+# (onnxcompress.{pipeline,config,report}; the pipeline's compress() takes a CompressConfig).
 # bench.peers_bench's helpers (uniform_l1_row, _finetune, measure) carry their own imports.
 # =============================================================================================
 
 
 def product_val_calib_sizes() -> tuple[int, int]:
-    from onnxcompress.compiler.config import CompressConfig
+    from onnxcompress.config import CompressConfig
 
     fields = CompressConfig.__dataclass_fields__
     return fields["val_size"].default, fields["calib_size"].default
@@ -104,7 +103,7 @@ def prepare_job(teacher: onnx.ModelProto, train_path: Path, preprocess, seed: in
     """(JobData, measure kind) exactly as compress() prepares them from --data alone: the same
     held-out validation images, calibration images and measure (agreement with the teacher when
     the teacher fits the validation images)."""
-    from onnxcompress.compiler import pipeline
+    from onnxcompress import pipeline
     from onnxcompress.compiler.runtime import make_session, run_batched
 
     val_size, calib_size = product_val_calib_sizes()
@@ -133,11 +132,13 @@ def run_compress(teacher_path: Path, train_path: Path, target: float, agent: str
                  epochs: int | None, seed: int, preprocess) -> CompressOutcome:
     """compress() as a user calls it: --data only (no --val-data), the default agent when `agent`
     is None, compress's own fine-tuning epochs when `epochs` is None."""
-    from onnxcompress.compiler.pipeline import compress
+    from onnxcompress.config import CompressConfig
+    from onnxcompress.pipeline import compress
 
     kwargs = {} if epochs is None else {"finetune_epochs": epochs}
-    result = compress(teacher_path, train_path, f"macs={target}", agent=agent, episodes=episodes, seed=seed,
-                      preprocess=preprocess, progress=False, workers=SEARCH_WORKERS, **kwargs)
+    config = CompressConfig.from_options(f"macs={target}", agent=agent, episodes=episodes, seed=seed, progress=False,
+                                         workers=SEARCH_WORKERS, **kwargs)
+    result = compress(teacher_path, train_path, config, preprocess=preprocess)
     s, r = result.students[0], result.report
     return CompressOutcome(s.model, s.plan.to_json(), r.agent, r.episodes, r.evaluations, r.search_wall_s,
                            r.finetune_wall_s, r.finetune_epochs, s.metrics.accuracy, s.search_accuracy, s.note)

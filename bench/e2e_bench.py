@@ -31,6 +31,7 @@ from bench.common import CIFAR_TEST, CIFAR_TRAIN, RESNET8, header, require_reald
 from onnxcompress import api
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import InputSpec, Preprocess, load_data
+from onnxcompress.compiler.metrics import top1
 from onnxcompress.compiler.onnx_io import canonicalize, load_model
 from onnxcompress.compiler.runtime import compare_latency
 
@@ -78,13 +79,12 @@ def run(quick: bool = False, epochs: int | None = None) -> str:
 
     t_scores = api.predict(teacher, test.x)
     s_scores = api.predict(student_all, test.x)
-    acc_t = float((t_scores.argmax(1) == test.y).mean())
-    acc_s = float((s_scores.argmax(1) == test.y).mean())
+    acc_t, acc_s = top1(t_scores, test.y), top1(s_scores, test.y)
     mask = np.isin(test.y, VEHICLES)
     y4 = np.searchsorted(np.array(VEHICLES), test.y[mask])
-    acc_t4 = float((t_scores[mask][:, VEHICLES].argmax(1) == y4).mean())
-    acc_s4_all = float((s_scores[mask][:, VEHICLES].argmax(1) == y4).mean())
-    acc_v4 = float((api.predict(student_veh, test.x[mask]).argmax(1) == y4).mean())
+    acc_t4 = top1(t_scores[mask][:, VEHICLES], y4)
+    acc_s4_all = top1(s_scores[mask][:, VEHICLES], y4)
+    acc_v4 = top1(api.predict(student_veh, test.x[mask]), y4)
 
     lat = compare_latency([teacher, student_all, student_veh], test.x[:32], rounds=5 if quick else 11)
     ct, ca, cv = model_cost(teacher), model_cost(student_all), model_cost(student_veh)
@@ -131,7 +131,7 @@ def run(quick: bool = False, epochs: int | None = None) -> str:
 
 
 def families_table(*reports: dict) -> str:
-    """The structure families each run compared (compiler/structure.py), from the reports."""
+    """The structure families each run compared (search/structure.py), from the reports."""
     rows = []
     for name, rep in zip(("all classes", "vehicles"), reports):
         for per_target in rep["search"].get("families", []):

@@ -29,6 +29,7 @@ import torch
 from bench.common import CIFAR_TEST, CIFAR_TRAIN, REALDATA, RESNET8, header, require_realdata, table, write_result
 from onnxcompress import api
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, load_data
+from onnxcompress.compiler import metrics
 from onnxcompress.compiler.kd import KDConfig
 from onnxcompress.compiler.onnx_io import canonicalize, load_model
 from onnxcompress.compiler.trainer import FinetuneConfig, FinetuneResult, finetune
@@ -56,7 +57,7 @@ FMNIST_TEACHER_CMD = (
 
 
 def top1(model: onnx.ModelProto, data: Dataset) -> float:
-    return float((api.predict(model, data.x).argmax(1) == data.y).mean())
+    return metrics.top1(api.predict(model, data.x), data.y)
 
 
 def pct(x: float | None) -> str:

@@ -137,10 +137,10 @@ def _split_train(workdir: Path, seed: int, source: Path = CIFAR_TRAIN) -> tuple[
 
 
 def _task(name: str, workdir: Path, seed: int, test_limit: int | None) -> Task:
-    from onnxcompress.compiler.config import CompressConfig
+    from onnxcompress.config import CompressConfig
     from onnxcompress.compiler.data import InputSpec, Preprocess, load_data
     from onnxcompress.compiler.onnx_io import canonicalize, load_model
-    from onnxcompress.compiler.pipeline import prepare_data
+    from onnxcompress.pipeline import prepare_data
 
     train_source, test_source = CIFAR_TRAIN, CIFAR_TEST
     if name == "resnet8":
@@ -235,7 +235,7 @@ def _zoo_from_onnx(arch: str, path: Path):
 
 def _finetune_config(epochs: int, seed: int):
     # exactly the recipe compress() fine-tunes with, so that only the pruning decision differs
-    from onnxcompress.compiler.pipeline import finetune_config
+    from onnxcompress.pipeline import finetune_config
 
     return finetune_config(epochs, seed, None)
 
@@ -332,27 +332,15 @@ def torch_pruning_row(task: Task, target: float, epochs: int, seed: int, global_
 
 
 def uniform_l1_row(task: Task, target: float, epochs: int, seed: int) -> Row:
-    from onnxcompress.compiler.cost import SearchCost, model_cost
+    from onnxcompress.compiler.cost import model_cost
     from onnxcompress.compiler.ir import analyze
     from onnxcompress.compiler.onnx_io import import_graph
     from onnxcompress.passes import Plan, apply_plan
-    from onnxcompress.passes.prune_channels import rounded_keep
+    from onnxcompress.passes.prune_channels import uniform_ratio
 
     t0 = time.perf_counter()
-    analysis = analyze(import_graph(task.teacher))
-    cost = SearchCost(analysis)
-    groups = [g for g in analysis.groups if g.prunable]
-    lo, hi = 0.0, 0.95  # bisection: the smallest ratio whose predicted MACs meet the target
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        keep = {g.id: rounded_keep(g.channels, g.channels * (1 - mid), 1) for g in groups}
-        if cost.macs(keep) <= target * cost.total_macs:
-            hi = mid
-        else:
-            lo = mid
-    # rounded UP: kept counts only shrink as the ratio grows, while rounding to nearest can step back
-    # over a rounding boundary of some group's count and miss the target
-    ratio = math.ceil(hi * 1e6) / 1e6
+    # the smallest ratio whose predicted MACs meet the target (bisection on the exact cost model)
+    ratio = uniform_ratio(analyze(import_graph(task.teacher)), macs=target, iterations=40, decimals=6)
     plan = Plan.from_json({"passes": [{"pass": "prune_channels", "ratio": ratio, "criterion": "l1", "reconstruct": True}]})
     student = apply_plan(task.teacher, plan, calibration=task.job.calibration, seed=seed)
     if model_cost(student).macs > target * model_cost(task.teacher).macs:
@@ -367,22 +355,12 @@ def onnxcompress_row(task: Task, agent: str, target: float, epochs: int, seed: i
                      channel_multiple: int | None = None) -> Row:
     """`compress` with `agent`; `channel_multiple` None is compress's default (onnxruntime's
     channel block, for real speed), 1 lets it keep any width like the other rows do."""
-    from onnxcompress.compiler.pipeline import compress
+    from onnxcompress.config import CompressConfig
+    from onnxcompress.pipeline import compress
 
-    result = compress(
-        task.teacher_path,
-        task.train_path,
-        f"macs={target}",
-        val_data=task.val_path,
-        agent=agent,
-        episodes=episodes,
-        finetune_epochs=epochs,
-        seed=seed,
-        preprocess=task.preprocess,
-        progress=False,
-        workers=SEARCH_WORKERS,
-        channel_multiple=channel_multiple,
-    )
+    config = CompressConfig.from_options(f"macs={target}", agent=agent, episodes=episodes, finetune_epochs=epochs, seed=seed,
+                                         progress=False, workers=SEARCH_WORKERS, channel_multiple=channel_multiple)
+    result = compress(task.teacher_path, task.train_path, config, val_data=task.val_path, preprocess=task.preprocess)
     s = result.students[0]
     r = result.report
     detail = f"{r.episodes} episodes, {r.evaluations} evaluations; plan {_short_plan(s.plan.to_json())}"
@@ -409,9 +387,10 @@ def int8_row(task: Task, agent_rows: list[Row], seed: int) -> Row:
 
 
 def _top1(model: onnx.ModelProto, data) -> float:
+    from onnxcompress.compiler.metrics import top1
     from onnxcompress.compiler.runtime import make_session, run_batched
 
-    return float((run_batched(make_session(model), data.x).argmax(1) == data.y).mean())
+    return top1(run_batched(make_session(model), data.x), data.y)
 
 
 def _short_plan(plan: dict) -> str:
@@ -433,10 +412,11 @@ def _short_plan(plan: dict) -> str:
 
 def measure(task: Task, rows: list[Row], rounds: int) -> None:
     from onnxcompress.compiler.cost import model_cost
+    from onnxcompress.compiler.metrics import predicted_classes
     from onnxcompress.compiler.runtime import compare_latency, make_session, run_batched
 
     for row in rows:
-        pred = run_batched(make_session(row.model), task.test.x).reshape(len(task.test), -1).argmax(1)
+        pred = predicted_classes(run_batched(make_session(row.model), task.test.x))
         row.correct = pred == task.test.y
         row.test_top1 = float(row.correct.mean())
         cost = model_cost(onnx.shape_inference.infer_shapes(row.model))  # the cost model reads inferred shapes
@@ -445,9 +425,9 @@ def measure(task: Task, rows: list[Row], rounds: int) -> None:
     lat = compare_latency([task.teacher, *[r.model for r in rows]], sample, rounds=rounds)
     for row, l in zip(rows, lat[1:]):
         row.b1, row.b32 = l.batch1 / lat[0].batch1, l.batch32 / lat[0].batch32
-    # the same in CPU time, each model timed in pairs with the teacher (compiler.precision): other
+    # the same in CPU time, each model timed in pairs with the teacher (compiler.runtime): other
     # jobs on the machine slow wall time down, much less the CPU time of our own thread
-    from onnxcompress.compiler.precision import paired_latency
+    from onnxcompress.compiler.runtime import paired_latency
 
     base, variants = paired_latency(task.teacher, [r.model for r in rows], sample, rounds=rounds + 2, cpu=True)
     for row, l in zip(rows, variants):
@@ -682,7 +662,7 @@ def run(quick: bool, models: list[str], epochs: int, seed: int, targets: tuple[f
         f"for every row. Search: {'%d episodes per agent and target (quick)' % QUICK_EPISODES if quick else 'compress defaults (60 episodes per agent and target)'}.\n"
         "Ratios are to the teacher (as delivered, canonicalised); latency b1/b32 = student / teacher latency at batch 1/32, measured "
         "side by side in one run (`compare_latency`, wall time); b32 CPU time = the same ratio in CPU time, each model timed in "
-        "pairs with the teacher (`compiler.precision.paired_latency`), which other jobs on the machine disturb less; "
+        "pairs with the teacher (`compiler.runtime.paired_latency`), which other jobs on the machine disturb less; "
         "realised = latency speed-up ÷ MACs reduction at batch 32, from the CPU-time ratio (1.0: every saved MAC becomes time). "
         "search s: Torch-Pruning's pruning loop, uniform L1's bisection + rewrite + refit, the RL search of compress.\n"
     )

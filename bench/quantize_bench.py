@@ -7,7 +7,7 @@ quantization when it is installed (a benchmark-only dependency: `pip install nnc
 Calibration: the first 300 images of cifar10_train10k_jpeg.npz; test: all 10,000 of
 cifar10_test_jpeg.npz; preprocessing: raw 0..255 pixels (the model's own). Latency: onnxruntime
 CPU, 1 thread, every variant timed in pairs with the fp32 model in the same run
-(compiler.precision.paired_latency); ratios, never absolute times, are the result.
+(compiler.runtime.paired_latency); ratios, never absolute times, are the result.
 
     python -m bench.quantize_bench [--quick]      (or: python -m bench quantize)
 """
@@ -26,10 +26,11 @@ import onnx
 
 from bench.common import CIFAR_TEST, CIFAR_TRAIN, RESNET8, header, require_realdata, table, write_result
 from onnxcompress.compiler.data import InputSpec, Preprocess, load_data
+from onnxcompress.compiler.metrics import predicted_classes, top1
 from onnxcompress.compiler.onnx_io import load_canonical
-from onnxcompress.compiler.precision import PrecisionCost, paired_times
-from onnxcompress.compiler.runtime import make_session, run_batched
+from onnxcompress.compiler.runtime import make_session, paired_times, run_batched
 from onnxcompress.passes import Plan, apply_plan
+from onnxcompress.passes.quantize.precision import PrecisionCost
 
 CALIBRATION_IMAGES = 300
 INT4 = "ours int4 weight-only, convs (GPTQ)"
@@ -107,10 +108,12 @@ def _haq(calib_path: Path, size: float) -> Variant:
     """`onnxcompress MODEL --target size=S --agent haq --finetune-epochs 0`: HAQ chooses each
     layer's bits (int8 / int4) under the size budget; its own validation images are held out of
     the 10k training file by compress."""
-    from onnxcompress.compiler.pipeline import compress
+    from onnxcompress.config import CompressConfig
+    from onnxcompress.pipeline import compress
 
     t0 = time.perf_counter()
-    result = compress(RESNET8, calib_path, f"size={size}", agent="haq", finetune_epochs=0, seed=0, preprocess=Preprocess(scale=1.0), progress=False)
+    config = CompressConfig.from_options(f"size={size}", agent="haq", finetune_epochs=0, seed=0, progress=False)
+    result = compress(RESNET8, calib_path, config, preprocess=Preprocess(scale=1.0))
     student = result.students[0]
     bits = {}
     for step in student.plan.to_json()["passes"]:
@@ -266,16 +269,15 @@ def run(quick: bool = False) -> str:
     variants.append(_ours(teacher, "ours mixed: first+last int8, middle int4", [{"nodes": mixed}], calib))
     variants.append(_haq(CIFAR_TRAIN, HAQ_SIZE))
 
-    fp32_pred = run_batched(make_session(teacher), test.x).argmax(1)
+    fp32_pred = predicted_classes(run_batched(make_session(teacher), test.x))
     for v in variants:
-        pred = run_batched(make_session(v.model), test.x).argmax(1)
-        v.top1 = float((pred == test.y).mean())
-        v.agree = float((pred == fp32_pred).mean())
+        scores = run_batched(make_session(v.model), test.x)
+        v.top1, v.agree = top1(scores, test.y), top1(scores, fp32_pred)
         v.file_bytes = _file_bytes(v.model)
     nncf_biases_top1 = None
     if nncf_variant is not None:
         fp32_nncf_biases = _with_biases_of(teacher, nncf_variant.model)
-        nncf_biases_top1 = float((run_batched(make_session(fp32_nncf_biases), test.x).argmax(1) == test.y).mean())
+        nncf_biases_top1 = top1(run_batched(make_session(fp32_nncf_biases), test.x), test.y)
     times = paired_times(teacher, [v.model for v in variants[1:]], test.x[:32], rounds=7 if quick else 25)
     fp32_lat, lats = times.medians()
     lats = [fp32_lat] + lats

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxcompress.errors import ModelError
+from onnxcompress.compiler.errors import ModelError
 
 METADATA_KEY = "onnxcompress.binary_head"  # "sigmoid" or "logit": how to restore the single score
 

@@ -22,12 +22,13 @@ import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler.onnx_io import is_quantized
 from onnxcompress.compiler.ops import ChannelLayout, const
+from onnxcompress.compiler.ops import LAYER_OPS, WEIGHT_PRECISIONS
 
 if TYPE_CHECKING:  # pragma: no cover
     from onnxcompress.compiler.ir import Analysis
 
 # bytes a weight element takes in each precision the quantize pass can emit
-BYTES_PER_ELEMENT = {32: 4.0, 16: 2.0, 8: 1.0, 4: 0.5}
+BYTES_PER_ELEMENT = {bits: bits / 8 for bits in WEIGHT_PRECISIONS}
 
 
 def _int_dims(shape) -> list[int] | None:
@@ -176,7 +177,7 @@ def _quantized_macs(graph: gs.Graph) -> int:
     """MACs of a QDQ graph: weights sit behind DequantizeLinear, so read their shapes there."""
     total = 0
     for node in graph.nodes:
-        if node.op not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
+        if node.op not in LAYER_OPS or len(node.inputs) < 2:
             continue
         w_t = node.inputs[1]
         shape = None

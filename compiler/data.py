@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from onnxcompress.errors import DataError, ModelError, ResourceError
+from onnxcompress.compiler.errors import DataError, ModelError, ResourceError
 
 Layout = Literal["NCHW", "NHWC"]
 
@@ -237,7 +237,7 @@ def as_classifier(model: onnx.ModelProto, data: str | Path | None = None, input_
     `needs_scores`: the command or function about to read the output as class scores (labels,
     top-1, KD on logits), which refuses a model that is not a classifier (`class_scores_problem`)."""
     from onnxcompress.compiler import binary_head
-    from onnxcompress.errors import UsageError
+    from onnxcompress.compiler.errors import UsageError
 
     model, note = fit_input_size(model, data, input_size, name=name)
     if binary_head.is_single_score(model):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onnxcompress.errors import UsageError
+from onnxcompress.compiler.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda")
 CPU_PROVIDERS = ("CPUExecutionProvider",)

@@ -11,6 +11,7 @@ from onnxcompress.compiler import binary_head
 from onnxcompress.compiler.cost import model_cost, serialized_size
 from onnxcompress.compiler.ir import Analysis, analyze
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, opset_of
+from onnxcompress.compiler.ops import LAYER_OPS
 
 
 def _value_info(vi: onnx.ValueInfoProto) -> dict[str, Any]:
@@ -22,7 +23,7 @@ def _value_info(vi: onnx.ValueInfoProto) -> dict[str, Any]:
 def quantized_weights(model: onnx.ModelProto) -> dict[str, int]:
     """For a QDQ model: how many weight tensors are stored in each integer type ({"int8": 9})."""
     inits = {i.name: i for i in model.graph.initializer}
-    weights = {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
+    weights = {n.input[1] for n in model.graph.node if n.op_type in LAYER_OPS and len(n.input) > 1}
     counts: dict[str, int] = {}
     for n in model.graph.node:
         if n.op_type == "DequantizeLinear" and n.input and n.input[0] in inits and n.output[0] in weights:

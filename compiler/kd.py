@@ -25,18 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from onnxcompress.compiler.bridge import OnnxModule
-from onnxcompress.errors import DataError, ModelError, UsageError
+from onnxcompress.compiler.errors import DataError, ModelError, UsageError
+from onnxcompress.compiler.ops import KD_FEATURE_OPS
 
 KD_KINDS = ("hinton", "attention", "hints")
-
-# Ops whose outputs are feature maps worth distilling; shape plumbing (Transpose, Pad, Reshape,
-# ...) is not, and Pad outputs would create spurious "resolutions".
-_FEATURE_OPS = frozenset(
-    {
-        "Conv", "Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",
-        "Add", "Sum", "Mul", "Concat", "BatchNormalization", "MaxPool", "AveragePool",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -140,7 +132,7 @@ def stage_boundaries(module: OnnxModule, shapes: Mapping[str, tuple[int, ...]]) 
     spatial attention)."""
     out: dict[tuple[int, ...], str] = {}
     for node in module.nodes:
-        if node.op_type not in _FEATURE_OPS:
+        if node.op_type not in KD_FEATURE_OPS:
             continue
         for name in node.outputs:
             shape = shapes.get(name)

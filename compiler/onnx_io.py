@@ -28,7 +28,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper, shape_inference, version_converter
 
-from onnxcompress.errors import CompressError, ModelError, ResourceError
+from onnxcompress.compiler.errors import CompressError, ModelError, ResourceError
+from onnxcompress.compiler.ops import INFERENCE_NOOP_OPS, LAYER_OPS
 
 CANONICAL_MIN_OPSET = 13
 BATCH_DIM = "N"
@@ -302,7 +303,7 @@ def _bypass(graph: gs.Graph, node: gs.Node) -> None:
 
 def _remove_identity_dropout(graph: gs.Graph) -> None:
     for node in list(graph.nodes):
-        if node.op in ("Identity", "Dropout") and node.inputs:
+        if node.op in INFERENCE_NOOP_OPS and node.inputs:
             # Dropout's optional mask output must be unused
             if node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1].outputs:
                 continue
@@ -493,7 +494,7 @@ def validate_classifier(model: onnx.ModelProto) -> None:
         raise ModelError("the model has a single output score per sample (a binary classifier with a sigmoid?); the compiler "
                          "needs one score per class: compiler.binary_head.two_class_view gives it two (the commands and the "
                          "onnxcompress API do this themselves)")
-    if not any(n.op_type in ("Conv", "Gemm", "MatMul") for n in model.graph.node):
+    if not any(n.op_type in LAYER_OPS for n in model.graph.node):
         raise ModelError("the model has no Conv, Gemm or MatMul layer: nothing to compress")
     for init in model.graph.initializer:
         try:

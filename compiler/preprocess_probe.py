@@ -16,7 +16,8 @@ import numpy as np
 import onnx
 
 from onnxcompress.compiler.data import InputSpec, Preprocess, class_scores_problem, images_to_input, load_data, npz_images_header
-from onnxcompress.errors import CompressError
+from onnxcompress.compiler.errors import CompressError
+from onnxcompress.compiler.metrics import top1
 
 PROBE_IMAGES = 256
 MARGIN = 0.15  # accuracy points (as a fraction) a convention must win by to be suggested
@@ -68,8 +69,7 @@ def _accuracy(session, spec: InputSpec, images: np.ndarray, labels: np.ndarray, 
         x = images_to_input(images, spec, pre)
     except CompressError:
         return None
-    scores = run_batched(session, x)
-    return float((scores.reshape(len(scores), -1).argmax(1) == labels).mean())
+    return top1(run_batched(session, x), labels)
 
 
 def suggest(model: onnx.ModelProto, data: str | Path, current: Preprocess) -> str | None:

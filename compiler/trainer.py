@@ -30,8 +30,9 @@ from tqdm import tqdm
 from onnxcompress.compiler.bridge import OnnxModule
 from onnxcompress.compiler.data import Dataset, InputSpec, iter_batches
 from onnxcompress.compiler.kd import KDConfig, KDLoss, match_features, teacher_targets
+from onnxcompress.compiler.metrics import top1
 from onnxcompress.compiler.onnx_io import is_quantized
-from onnxcompress.errors import DataError, ModelError, UsageError
+from onnxcompress.compiler.errors import DataError, ModelError, UsageError
 
 CHECKPOINT_NAME = "finetune.pt"
 _CHECKPOINT_FORMAT = 1
@@ -288,11 +289,13 @@ def _device_of(module: torch.nn.Module) -> torch.device:
 
 def accuracy(student: OnnxModule, data: Dataset, reference: Tensor | None = None, batch_size: int = 256) -> float:
     """Top-1 accuracy against data.y, or agreement with `reference` labels when data has none."""
-    target = torch.from_numpy(np.array(data.y)) if data.y is not None else reference
-    if target is None:
+    if data.y is not None:
+        target = np.array(data.y)
+    elif reference is not None:
+        target = reference.detach().cpu().numpy()
+    else:
         raise DataError("accuracy needs labels or reference predictions")
-    pred = predict_logits(student, data.x, batch_size).argmax(1).cpu()
-    return float((pred == target.cpu()).float().mean())
+    return top1(predict_logits(student, data.x, batch_size).detach().cpu().numpy(), target)
 
 
 @contextmanager

@@ -25,6 +25,8 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse as fx_fuse_conv_bn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from onnxcompress.compiler.ops import RANDOM_OPS  # never constant-folded: folding would freeze one random draw
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 # Relative to the largest |output|: float32 kernels in torch and onnxruntime sum in different orders.
@@ -179,12 +181,6 @@ def _torchscript_export(module: nn.Module, input_shape: tuple[int, ...], fold_bn
         return onnx.load(str(target))
 
 
-# Ops without inputs that are not constants: folding them would freeze one random draw.
-_RANDOM_OPS = frozenset(
-    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-)
-
-
 def _fold_constants(model: onnx.ModelProto) -> None:
     """Replaces every node whose inputs are all constant by initializers holding its outputs.
 
@@ -199,7 +195,7 @@ def _fold_constants(model: onnx.ModelProto) -> None:
     kept = []
     for node in graph.node:  # the exporter emits nodes in topological order
         inputs = [name for name in node.input if name]
-        foldable = node.domain in ("", "ai.onnx") and node.op_type not in _RANDOM_OPS
+        foldable = node.domain in ("", "ai.onnx") and node.op_type not in RANDOM_OPS
         if not foldable or not all(name in constants for name in inputs):
             kept.append(node)
             continue

@@ -22,10 +22,10 @@ _API = {
     "inspect": "onnxcompress.api",
     "load": "onnxcompress.api",
     "finetune": "onnxcompress.api",
-    "compress": "onnxcompress.compiler.pipeline",
-    "CompressResult": "onnxcompress.compiler.pipeline",
+    "compress": "onnxcompress.api",
+    "CompressResult": "onnxcompress.pipeline",
     "Plan": "onnxcompress.passes.plan",
-    "Target": "onnxcompress.compiler.config",
+    "Target": "onnxcompress.search.targets",
     "CompressError": "onnxcompress.errors",
 }
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import onnx
@@ -15,10 +15,16 @@ from onnxcompress.compiler import binary_head
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, as_classifier, load_data
 from onnxcompress.compiler.inspection import inspect_model
+from onnxcompress.compiler.metrics import predicted_classes, top1
 from onnxcompress.compiler.onnx_io import canonicalize, dynamic_batch, is_quantized, load_model, num_classes
 from onnxcompress.compiler.runtime import Latency, make_session, measure_latency, run_batched
 from onnxcompress.errors import DataError, ModelError
+from onnxcompress.config import CompressConfig
 from onnxcompress.passes import Plan, apply_plan
+from onnxcompress.search.targets import Target
+
+if TYPE_CHECKING:  # pragma: no cover
+    from onnxcompress.pipeline import CompressResult
 
 PathLike = str | os.PathLike
 
@@ -130,8 +136,8 @@ def evaluate(
     ds = data if isinstance(data, Dataset) else read_data(data, m, preprocess, limit=limit)
     if len(ds) == 0:
         raise DataError("the evaluation data is empty")
-    pred = predict(m, ds.x).argmax(1)
-    accuracy = float((pred == ds.y).mean()) if ds.y is not None else None
+    scores = predict(m, ds.x)
+    accuracy = top1(scores, ds.y) if ds.y is not None else None
     agreement = None
     if teacher is not None:
         t = _read(teacher, data, input_size, needs_scores="evaluate")
@@ -140,12 +146,43 @@ def evaluate(
             t_scores = t_scores[:, list(classes)]
         if t_scores.shape[1] != predict(m, ds.x[:1]).shape[1]:
             raise ModelError("the teacher and the model have different numbers of outputs (use --classes for a class-subset student)")
-        agreement = float((t_scores.argmax(1) == pred).mean())
+        agreement = top1(t_scores, predicted_classes(scores))
     # cost of the canonical form (folds e.g. a Reshape'd MatMul weight), except for a quantized
     # graph, whose DequantizeLinear weights constant folding would widen back to float
     cost = model_cost(m if is_quantized(m) else canonicalize(m))
     latency = measure_latency(dynamic_batch(m), ds.x[:32])
     return Evaluation(accuracy, agreement, len(ds), cost.macs, cost.params, m.ByteSize(), latency)
+
+
+def compress(
+    model: PathLike | onnx.ModelProto,
+    data: PathLike,
+    target: "str | Target | Sequence[str | Target] | None" = None,
+    *,
+    config: CompressConfig | None = None,
+    val_data: PathLike | None = None,
+    preprocess: Preprocess | None = None,
+    save_policy: PathLike | None = None,
+    load_policy: PathLike | None = None,
+    name: str | None = None,
+    input_size: tuple[int, int] | None = None,
+    **options: Any,
+) -> CompressResult:
+    """Searches, rewrites and fine-tunes a student per target (onnxcompress/pipeline.py).
+
+    `options` are CompressConfig's fields by name (max_drop=, classes=, agent=, episodes=,
+    finetune_epochs=, seed=, workers=, ...); an unknown name is a TypeError. With `config`, the
+    options and `target` override its fields."""
+    from onnxcompress import pipeline  # torch: imported when a job runs, not with the API
+
+    if config is None:
+        if target is None:
+            raise TypeError('compress() needs a target (e.g. target="macs=0.5") or a config')
+        config = CompressConfig.from_options(target, **options)
+    elif target is not None or options:
+        config = config.with_options(target, **options)
+    return pipeline.compress(model, data, config, val_data=val_data, preprocess=preprocess, save_policy=save_policy,
+                             load_policy=load_policy, name=name, input_size=input_size)
 
 
 def finetune(

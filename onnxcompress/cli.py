@@ -89,6 +89,9 @@ def _add_compress_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-policy", default=None, help="save the search policy (reinforce agent) for transfer")
     p.add_argument("--load-policy", default=None, help="warm-start the search policy from a saved one")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="finish within this wall-clock time (e.g. 60m, 1h30m, 90s): the search, structure probes and "
+                        "fine-tuning are planned from costs measured on this machine; the report says how the time was spent")
     _add_device(p, "fine-tuning on torch's CUDA device, candidate evaluation on onnxruntime's CUDAExecutionProvider")
     _add_input_size(p)
     _add_preprocess(p)

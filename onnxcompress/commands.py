@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from onnxcompress import interrupts
+from onnxcompress.budget import parse_duration
 from onnxcompress.errors import UsageError
 
 
@@ -65,7 +66,7 @@ def preprocessing_note(args, model, data) -> None:
 def preprocess_from_args(args, model):
     """The model's preprocessing with the --scale/--mean/--std/--bgr of a command."""
     from onnxcompress.api import preprocess_for
-    from onnxcompress.compiler.config import parse_float_list
+    from onnxcompress.config import parse_float_list
 
     return preprocess_for(
         model,
@@ -109,7 +110,7 @@ def cmd_apply(args) -> int:
 
 def cmd_eval(args) -> int:
     from onnxcompress import api
-    from onnxcompress.compiler.config import parse_int_list
+    from onnxcompress.config import parse_int_list
 
     model = load_input_model(args.model, args, args.data, needs_scores="eval")
     teacher = load_input_model(args.teacher, args, args.data, needs_scores="eval") if args.teacher else None
@@ -137,7 +138,8 @@ def _outputs_for(args, model_path: Path, n_targets: int) -> list[Path]:
 
 
 def cmd_compress(args) -> int:
-    from onnxcompress.compiler.config import Target, parse_int_list
+    from onnxcompress.config import CompressConfig, parse_int_list
+    from onnxcompress.search.targets import Target
 
     # validate the cheap things before importing the heavy pipeline (torch): bad options fail fast
     for t in args.target:
@@ -148,8 +150,8 @@ def cmd_compress(args) -> int:
 
     resolve_device(args.device)  # --device cuda on a machine without CUDA: refused before any work
     from onnxcompress.compiler.onnx_io import save_model_atomic
-    from onnxcompress.compiler.pipeline import compress, interruptible
-    from onnxcompress.compiler.report import summary_table, write_report
+    from onnxcompress.pipeline import compress, interruptible
+    from onnxcompress.report import summary_table, write_report
 
     model_path = Path(args.model)
     targets = [Target.parse(t) for t in args.target]
@@ -164,31 +166,28 @@ def cmd_compress(args) -> int:
     if ckpt.exists() and not args.resume:
         shutil.rmtree(ckpt, ignore_errors=True)
     ckpt.mkdir(exist_ok=True)
+    config = CompressConfig(
+        targets=tuple(targets),
+        max_drop=args.max_drop,
+        classes=parse_int_list(args.classes, "--classes") if args.classes else None,
+        agent=args.agent,
+        episodes=args.episodes,
+        finetune_epochs=args.finetune_epochs,
+        seed=args.seed,
+        workers=args.workers,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        checkpoint_dir=ckpt,
+        progress=not args.quiet,
+        families=args.families,
+        channel_multiple=args.channel_multiple,
+        device=args.device,
+        time_budget_s=parse_duration(args.time_budget) if args.time_budget else None,
+    )
+    preprocess = preprocess_from_args(args, original)
     with interruptible():
-        result = compress(
-            original,
-            args.data,
-            targets,
-            val_data=args.val_data,
-            max_drop=args.max_drop,
-            classes=parse_int_list(args.classes, "--classes") if args.classes else None,
-            agent=args.agent,
-            episodes=args.episodes,
-            finetune_epochs=args.finetune_epochs,
-            seed=args.seed,
-            workers=args.workers,
-            executor=args.executor,
-            ray_address=args.ray_address,
-            preprocess=preprocess_from_args(args, original),
-            checkpoint_dir=ckpt,
-            progress=not args.quiet,
-            save_policy=args.save_policy,
-            load_policy=args.load_policy,
-            name=model_path.name,
-            families=args.families,
-            channel_multiple=args.channel_multiple,
-            device=args.device,
-        )
+        result = compress(original, args.data, config, val_data=args.val_data, preprocess=preprocess,
+                          save_policy=args.save_policy, load_policy=args.load_policy, name=model_path.name)
     students = []
     report = result.report
     with interrupts.committing():
@@ -210,11 +209,11 @@ def cmd_compress(args) -> int:
 
 def cmd_finetune(args) -> int:
     from onnxcompress.compiler.binary_head import restore_single_score
-    from onnxcompress.compiler.config import parse_int_list
+    from onnxcompress.config import parse_int_list
     from onnxcompress.compiler.data import InputSpec, Preprocess, load_data
     from onnxcompress.compiler.kd import KDConfig
     from onnxcompress.compiler.onnx_io import canonicalize, num_classes, save_model_atomic
-    from onnxcompress.compiler.pipeline import finetune_config, interruptible
+    from onnxcompress.pipeline import finetune_config, interruptible
     from onnxcompress.compiler.device import resolve_device
     from onnxcompress.compiler.trainer import finetune
 
@@ -255,8 +254,9 @@ def cmd_finetune(args) -> int:
 
 def cmd_demo(args) -> int:
     from onnxcompress.compiler.onnx_io import save_model_atomic
-    from onnxcompress.compiler.pipeline import compress, interruptible
-    from onnxcompress.compiler.report import summary_table, write_report
+    from onnxcompress.config import CompressConfig
+    from onnxcompress.pipeline import compress, interruptible
+    from onnxcompress.report import summary_table, write_report
     from onnxcompress.models.demo import demo_data_paths, demo_teacher_path
 
     out_dir = Path(args.output_dir)
@@ -264,20 +264,10 @@ def cmd_demo(args) -> int:
     teacher_path = demo_teacher_path()
     train_path, test_path = demo_data_paths()
     print(f"onnxcompress demo: bundled Fashion-MNIST teacher {teacher_path.name}, compressing to ~1/3 of its MACs", file=sys.stderr)
+    config = CompressConfig.from_options("macs=0.33", max_drop=1.0, episodes=8 if args.quick else None,
+                                         finetune_epochs=1 if args.quick else 6, seed=args.seed)
     with interruptible():
-        result = compress(
-            teacher_path,
-            train_path,
-            "macs=0.33",
-            val_data=test_path,
-            max_drop=1.0,
-            agent=None,
-            episodes=8 if args.quick else None,
-            finetune_epochs=1 if args.quick else 6,
-            seed=args.seed,
-            progress=True,
-            name="demo_teacher.onnx",
-        )
+        result = compress(teacher_path, train_path, config, val_data=test_path, name="demo_teacher.onnx")
     with interrupts.committing():
         student_path = save_model_atomic(result.model, out_dir / "student.onnx")
         report = replace(result.report, students=tuple(replace(r, output=str(student_path)) for r in result.report.students))

@@ -19,7 +19,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler.ir import Analysis, ChannelGroup, ConstSlice
-from onnxcompress.errors import PlanError
+from onnxcompress.compiler.errors import PlanError
 
 CRITERIA = ("l1", "l2", "bn", "activation", "apoz")
 DATA_CRITERIA = ("activation", "apoz")

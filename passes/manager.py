@@ -10,9 +10,9 @@ import onnx
 from onnxcompress.compiler.ir import Analysis, analyze
 from onnxcompress.compiler.onnx_io import export_graph, import_graph, is_quantized
 from onnxcompress.compiler.runtime import make_session
-from onnxcompress.errors import CompressError, PlanError, VerificationError
+from onnxcompress.compiler.errors import CompressError, PlanError, VerificationError
 from onnxcompress.passes.plan import Plan
-from onnxcompress.passes.registry import PassContext, get_pass
+from onnxcompress.passes.registry import REGISTRY, PassContext, get_pass
 
 
 def anchors_of(analysis: Analysis) -> dict[str, tuple]:
@@ -61,11 +61,13 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, calibration: np.ndarray | Non
     done: list[str] = []
     for step in plan.steps:
         spec = get_pass(step.name)
-        if step.name != "quantize" and is_quantized(current):
-            where = "after quantize" if done else "on a quantized (QDQ) model"
+        if spec.needs_float_weights and is_quantized(current):
+            terminal = [n for n in done if get_pass(n).terminal]
+            where = f"after {terminal[0]}" if terminal else "on a quantized (QDQ) model"
+            last = " and ".join(sorted({n for n, s in REGISTRY.items() if s.terminal}))
             raise PlanError(f"pass '{step.name}' cannot run {where}: channel, layer and class rewrites need float weights; "
-                            + ("put quantize last in the plan" if done else "start from the float model and put quantize last in the plan"))
-        expect = None if getattr(spec.run, "changes_outputs", False) else _output_dims(current)
+                            + (f"put {last} last in the plan" if done else f"start from the float model and put {last} last in the plan"))
+        expect = None if spec.changes_outputs else _output_dims(current)
         graph = import_graph(current)
         try:
             graph = spec.run(graph, step.params, ctx)

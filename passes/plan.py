@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from onnxcompress.errors import PlanError
+from onnxcompress.compiler.errors import PlanError
 from onnxcompress.passes.registry import get_pass
 
 

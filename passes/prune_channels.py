@@ -14,16 +14,18 @@ channels by least squares.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxcompress.compiler.cost import SearchCost
 from onnxcompress.compiler.ir import Analysis, ChannelGroup, analyze, keep_by_space
 from onnxcompress.compiler.onnx_io import export_graph
 from onnxcompress.compiler.runtime import intermediate_outputs
-from onnxcompress.errors import PlanError
+from onnxcompress.compiler.errors import PlanError
 from onnxcompress.passes import importance
 from onnxcompress.passes.cut import apply_cut
 from onnxcompress.passes.manager import resolve
@@ -146,6 +148,33 @@ def rounded_keep(channels: int, keep: float, multiple: int) -> int:
         return int(min(channels, max(1, round(keep))))
     k = int(round(keep / multiple)) * multiple
     return int(min(channels, max(min(multiple, channels), k)))
+
+
+MAX_UNIFORM_RATIO = 0.95  # the largest ratio `uniform_ratio` proposes (5 % of every group kept)
+
+
+def uniform_ratio(analysis: Analysis, macs: float | None = None, params: float | None = None, iterations: int = 30,
+                  decimals: int = 4) -> float:
+    """The smallest `ratio` of `{"pass": "prune_channels", "ratio": ratio}` (every prunable group
+    cut alike) whose predicted MACs and layer parameters are within the fractions `macs` and
+    `params` of the model's (None: unconstrained): bisection on the exact cost model with this
+    pass's own rounding of kept counts. The result is rounded *up* to `decimals`: kept counts only
+    shrink as the ratio grows, while rounding to nearest can step back over some group's rounding
+    boundary and miss the target. MAX_UNIFORM_RATIO when no ratio meets them."""
+    cost = SearchCost(analysis)
+    groups = [g for g in analysis.groups if g.prunable]
+    goal_macs = (macs or 1.0) * cost.total_macs
+    goal_params = (params or 1.0) * cost.total_layer_params
+    lo, hi = 0.0, MAX_UNIFORM_RATIO
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        keep = {g.id: rounded_keep(g.channels, g.channels * (1 - mid), 1) for g in groups}
+        if cost.macs(keep) <= goal_macs and cost.layer_params(keep) <= goal_params:
+            hi = mid
+        else:
+            lo = mid
+    scale = 10**decimals
+    return min(MAX_UNIFORM_RATIO, math.ceil(hi * scale) / scale)
 
 
 def choose_channels(

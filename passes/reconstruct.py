@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 from onnxcompress.compiler.ir import Analysis
 from onnxcompress.compiler.onnx_io import export_graph
 from onnxcompress.compiler.runtime import intermediate_outputs, starts_of
+from onnxcompress.compiler.ops import LAYER_OPS, REFIT_PASS_THROUGH_OPS
 
 MAX_ROWS = 12000  # sampled rows (positions x images) per layer, at most
 ROWS_PER_UNKNOWN = 10  # with the ridge term, ten rows per unknown weight fit well
@@ -200,12 +201,6 @@ def _fittable(node: gs.Node) -> bool:
     return node.op == "MatMul"
 
 
-# ops a refit looks through from a rewired tensor to the layers that read it: they change
-# neither the channel layout nor which layer consumes the values
-_PASS_THROUGH = frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Identity", "MaxPool",
-                           "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape"})
-
-
 def downstream_layers(graph: gs.Graph, tensor_name: str) -> list[gs.Node]:
     """The Conv/Gemm/MatMul layers that read `tensor_name` directly or through ops that only
     activate, pool or reshape it (not through an Add or Concat: there other paths join), in
@@ -220,9 +215,9 @@ def downstream_layers(graph: gs.Graph, tensor_name: str) -> list[gs.Node]:
             if id(n) in seen:
                 continue
             seen.add(id(n))
-            if n.op in ("Conv", "Gemm", "MatMul") and n.inputs and n.inputs[0] is t and len(n.inputs) > 1 and isinstance(n.inputs[1], gs.Constant):
+            if n.op in LAYER_OPS and n.inputs and n.inputs[0] is t and len(n.inputs) > 1 and isinstance(n.inputs[1], gs.Constant):
                 found.add(n.name)
-            elif n.op in _PASS_THROUGH:
+            elif n.op in REFIT_PASS_THROUGH_OPS:
                 stack.extend(n.outputs)
     return [n for n in graph.nodes if n.name in found]
 

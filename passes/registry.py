@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcompress.errors import PlanError
+from onnxcompress.compiler.errors import PlanError
 
 
 class PassParams(Protocol):
@@ -41,21 +41,37 @@ PassFn = Callable[[gs.Graph, Any, PassContext], gs.Graph]
 
 @dataclass(frozen=True)
 class PassSpec:
+    """A pass and what the manager and the pipeline need to know about it, so that neither
+    names a pass to decide how to run it.
+
+    changes_outputs: the pass changes the model's output shape (subset_classes), so the shared
+        verify step does not hold it to the input's output shape.
+    needs_float_weights: the pass reads float weights, so it cannot run on a quantized (QDQ)
+        model: every structural pass; not quantize, which re-reads its own forms.
+    terminal: the pass belongs at the end of a plan: the pipeline splits a plan at its first
+        terminal step and applies that tail after fine-tuning, to the fine-tuned float student
+        (quantize: the trainer works on float weights, and calibration reads the tuned ones).
+    """
+
     name: str
     params: type
     run: PassFn
-    lossless: bool = False  # a lossless pass must reproduce its input's outputs exactly
+    changes_outputs: bool = False
+    needs_float_weights: bool = True
+    terminal: bool = False
 
 
 _REGISTRY: dict[str, PassSpec] = {}
 REGISTRY: Mapping[str, PassSpec] = MappingProxyType(_REGISTRY)
 
 
-def register(name: str, params: type, lossless: bool = False) -> Callable[[PassFn], PassFn]:
+def register(
+    name: str, params: type, *, changes_outputs: bool = False, needs_float_weights: bool = True, terminal: bool = False
+) -> Callable[[PassFn], PassFn]:
     def deco(fn: PassFn) -> PassFn:
         if name in _REGISTRY:
             raise RuntimeError(f"pass '{name}' registered twice")
-        _REGISTRY[name] = PassSpec(name, params, fn, lossless)
+        _REGISTRY[name] = PassSpec(name, params, fn, changes_outputs, needs_float_weights, terminal)
         return fn
 
     return deco

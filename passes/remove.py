@@ -25,7 +25,7 @@ from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.onnx_io import export_graph
 from onnxcompress.passes.manager import resolve
 from onnxcompress.passes.plan import parse_fields
-from onnxcompress.errors import PlanError
+from onnxcompress.compiler.errors import PlanError
 from onnxcompress.passes.reconstruct import downstream_layers, refit
 from onnxcompress.passes.registry import PassContext, register
 

@@ -16,16 +16,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler.ir import analyze
-from onnxcompress.errors import PlanError
+from onnxcompress.compiler.ops import CLASS_TAIL_OPS  # may sit between the classifier and the output
+from onnxcompress.compiler.errors import PlanError
 from onnxcompress.passes.cut import apply_cut
 from onnxcompress.passes.plan import parse_fields
 from onnxcompress.passes.registry import PassContext, register
-
-# ops allowed between the classifier and the output: they keep or reshape the class axis
-_HEAD_TAIL_OPS = {
-    "Softmax", "LogSoftmax", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "GlobalAveragePool", "AveragePool",
-    "GlobalMaxPool", "MaxPool", "Relu", "Sigmoid", "Transpose", "Identity", "Cast", "Clip", "Shape",
-}
 
 
 @dataclass(frozen=True)
@@ -55,7 +50,7 @@ def subset_classes(graph: gs.Graph, params: SubsetClassesParams, ctx: PassContex
     gid = analysis.space_group[layout.segments[0].space]
     group = analysis.group(gid)
     nodes = {n.name: n for n in graph.nodes}
-    others = [m for m in group.members if m not in group.producers and nodes[m].op not in _HEAD_TAIL_OPS]
+    others = [m for m in group.members if m not in group.producers and nodes[m].op not in CLASS_TAIL_OPS]
     if len(group.producers) != 1 or others:
         raise PlanError(f"subset_classes: the class axis passes through {others or group.producers}, which it cannot cut")
     n_classes = group.channels
@@ -71,5 +66,4 @@ def subset_classes(graph: gs.Graph, params: SubsetClassesParams, ctx: PassContex
     return graph
 
 
-subset_classes.changes_outputs = True  # type: ignore[attr-defined]
-register("subset_classes", SubsetClassesParams)(subset_classes)
+register("subset_classes", SubsetClassesParams, changes_outputs=True)(subset_classes)

@@ -25,8 +25,30 @@ pareto, checkpoint, driver; agents/ holds one module per agent, registered by na
 `onnxcompress.search.agents.AGENTS`.
 """
 
-from onnxcompress.search.driver import SearchConfig, SearchResult, TargetResult, run_search  # noqa: F401
-from onnxcompress.search.evaluator import Evaluator, EvaluatorSpec, plan_key  # noqa: F401
-from onnxcompress.search.executors import ExecutorConfig, make_executor  # noqa: F401
-from onnxcompress.search.metrics import Cost, Metrics  # noqa: F401
-from onnxcompress.search.targets import Target  # noqa: F401
+import importlib
+from typing import Any
+
+# imported on first use: `onnxcompress.search.targets` (the CLI's --target) must not pull in torch
+# and the agents through this package
+_API = {
+    "SearchConfig": "onnxcompress.search.driver",
+    "SearchResult": "onnxcompress.search.driver",
+    "TargetResult": "onnxcompress.search.driver",
+    "run_search": "onnxcompress.search.driver",
+    "Evaluator": "onnxcompress.search.evaluator",
+    "EvaluatorSpec": "onnxcompress.search.evaluator",
+    "plan_key": "onnxcompress.search.evaluator",
+    "ExecutorConfig": "onnxcompress.search.executors",
+    "make_executor": "onnxcompress.search.executors",
+    "Cost": "onnxcompress.search.metrics",
+    "Metrics": "onnxcompress.search.metrics",
+    "Target": "onnxcompress.search.targets",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'onnxcompress.search' has no attribute '{name}'")

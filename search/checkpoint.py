@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from onnxcompress.errors import UsageError
+from onnxcompress.compiler.errors import UsageError
 
 VERSION = 1
 STATE = "state.json"

@@ -27,7 +27,7 @@ import onnx
 from tqdm import tqdm
 
 from onnxcompress.compiler.data import Dataset
-from onnxcompress.errors import UsageError
+from onnxcompress.compiler.errors import UsageError
 from onnxcompress.search import checkpoint as ckpt
 from onnxcompress.search.agents import AgentContext, get_agent
 from onnxcompress.search.env import FEATURES, CompressionEnv, EnvConfig
@@ -301,7 +301,7 @@ def run_search(
                 raise UsageError("a latency target needs validation inputs to measure latency on")
             if config.resolved_stages() == ("quantize",):
                 # HAQ's hardware feedback: the quantize pass's measured per-layer latency table
-                from onnxcompress.compiler.precision import PrecisionCost
+                from onnxcompress.passes.quantize.precision import PrecisionCost
 
                 precision = PrecisionCost.build(teacher, np.asarray(val.x[:64]), precisions=tuple(b for b in config.bits if b != 32))
             elif cp is not None and cp.state.get("latency_model") is not None:

@@ -32,14 +32,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from onnxcompress.errors import UsageError
+from onnxcompress.compiler.errors import UsageError
 from onnxcompress.search.metrics import Budget, Cost, Metrics
 from onnxcompress.search.rewards import get_reward
 from onnxcompress.search.space import Decision, SearchSpace, Structure, bits_from_action, keep_bounds
 from onnxcompress.search.targets import Target
+from onnxcompress.compiler.ops import FULLY_CONNECTED_OPS, WEIGHT_PRECISIONS
 
 STAGE_ORDERS = (("prune",), ("remove",), ("remove", "prune"), ("quantize",))
-BIT_WIDTHS = (4, 8, 16, 32)  # what the quantize pass writes (compiler/qdq.py)
+BIT_WIDTHS = tuple(sorted(WEIGHT_PRECISIONS))  # what the quantize pass writes, narrowest first
 
 FEATURES = (
     "index",  # position in the stage, 0..1
@@ -79,7 +80,7 @@ class EnvConfig:
     # widths: see compiler/hardware.py; 1 = any count)
     channel_multiple: int = 1
     # units removed before every episode (a fixed N2N stage 1: compress explores one structure
-    # family per search, see compiler/structure.py); the episode then decides the rest
+    # family per search, see search/structure.py); the episode then decides the rest
     removed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -289,7 +290,7 @@ class CompressionEnv:
             "is_quantize": float(d.kind == "quantize"),
             "is_conv": float(d.op == "Conv"),
             "is_depthwise": float(d.depthwise),
-            "is_fc": float(d.op in ("Gemm", "MatMul")),
+            "is_fc": float(d.op in FULLY_CONNECTED_OPS),
             "is_block": float(d.op == "residual_block"),
             "in_channels": d.in_channels / n["channels"],
             "out_channels": d.out_channels / n["channels"],

@@ -25,6 +25,7 @@ import onnx
 
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset
+from onnxcompress.compiler.metrics import predicted_classes, top1
 from onnxcompress.compiler.runtime import make_session, measure_latency, run_batched
 from onnxcompress.search.metrics import Cost, Metrics
 
@@ -128,8 +129,7 @@ class Evaluator:
         self._space = None
         self.quantizable = self._quantizable()
         logits = self._logits(teacher)
-        top1 = logits.argmax(axis=1)
-        self._reference = val.y if val.y is not None else top1
+        self._reference = val.y if val.y is not None else predicted_classes(logits)
         self.teacher_metrics = self._measure(teacher, logits, {})
         self.evaluations = 0  # evaluator runs (cache misses)
 
@@ -175,7 +175,7 @@ class Evaluator:
     def _measure(self, model: onnx.ModelProto, logits: np.ndarray, bits: Mapping[str, int]) -> Metrics:
         cost = model_cost(model)
         latency = measure_latency(model, np.asarray(self.val.x[:32]), threads=self.threads).batch1 if self.measure_latency else None
-        accuracy = float(np.mean(logits.argmax(axis=1) == self._reference)) if len(logits) else 0.0
+        accuracy = top1(logits, self._reference) if len(logits) else 0.0
         return Metrics(
             accuracy=accuracy,
             macs=int(cost.macs),

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
-from onnxcompress.errors import UsageError
+from onnxcompress.compiler.errors import UsageError
 from onnxcompress.search.evaluator import Evaluator, EvaluatorSpec, PlanLike, plan_key, plan_to_json
 from onnxcompress.search.metrics import Metrics
 

@@ -18,8 +18,8 @@ import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler.cost import BYTES_PER_ELEMENT
 from onnxcompress.search.targets import Target
+from onnxcompress.compiler.ops import LAYER_OPS
 
-LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)

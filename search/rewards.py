@@ -19,7 +19,7 @@ import math
 from types import MappingProxyType
 from typing import Callable, Mapping
 
-from onnxcompress.errors import UsageError
+from onnxcompress.compiler.errors import UsageError
 from onnxcompress.search.metrics import Cost, Metrics
 from onnxcompress.search.targets import Target
 

@@ -29,7 +29,7 @@ import onnx
 from onnxcompress.compiler.cost import BYTES_PER_ELEMENT, SearchCost, model_params
 from onnxcompress.compiler.ir import Analysis, Layer, analyze
 from onnxcompress.compiler.onnx_io import import_graph
-from onnxcompress.errors import PlanError
+from onnxcompress.compiler.errors import PlanError
 from onnxcompress.search.latency import LatencyModel
 from onnxcompress.search.metrics import Cost
 
@@ -138,7 +138,7 @@ class SearchSpace:
 
     def __init__(self, teacher: onnx.ModelProto, latency: LatencyModel | None = None, precision: Any = None) -> None:
         """`latency`: MACs -> latency model for pruning searches. `precision`: a
-        compiler.precision.PrecisionCost built with a sample, for quantization searches: its
+        passes.quantize.precision.PrecisionCost built with a sample, for quantization searches: its
         measured per-layer table (HAQ's hardware feedback) then predicts latency instead."""
         self.teacher = teacher
         self.latency = latency

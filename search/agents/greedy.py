@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from onnxcompress.errors import UsageError
+from onnxcompress.compiler.errors import UsageError
 from onnxcompress.search.agents.base import Agent, AgentContext, register_agent
 from onnxcompress.search.env import CompressionEnv, Episode
 from onnxcompress.search.space import keep_bounds

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from onnxcompress.errors import UsageError
+from onnxcompress.compiler.errors import UsageError
 from onnxcompress.search.agents.base import Agent, AgentContext, register_agent, seeded_torch
 from onnxcompress.search.env import FEATURES, CompressionEnv, Episode
 

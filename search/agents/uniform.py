@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from onnxcompress.errors import UsageError
+from onnxcompress.compiler.errors import UsageError
 from onnxcompress.search.agents.base import Agent, AgentContext, register_agent
 from onnxcompress.search.env import CompressionEnv, Episode
 

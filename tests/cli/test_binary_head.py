@@ -109,6 +109,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "onnxcompress", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_commands_on_a_sigmoid_classifier(tmp_path):
     teacher = binary(seed=3)
     (tmp_path / "t.onnx").write_bytes(teacher.SerializeToString())
@@ -136,6 +137,7 @@ def test_commands_on_a_sigmoid_classifier(tmp_path):
     assert r.returncode == 0 and "agreement with teacher" in r.stdout, r.stderr
 
 
+@pytest.mark.slow
 def test_classes_option_on_a_single_score_model_is_refused(tmp_path):
     (tmp_path / "t.onnx").write_bytes(binary().SerializeToString())
     np.savez(tmp_path / "d.npz", x=np.zeros((8, 8, 8, 3), np.uint8), y=np.array([0, 1] * 4))
@@ -145,6 +147,7 @@ def test_classes_option_on_a_single_score_model_is_refused(tmp_path):
     assert r.stderr.strip().splitlines() == ["error: --classes does not apply to a binary classifier with a single score (it has no classes to keep)"]
 
 
+@pytest.mark.slow
 def test_python_api_keeps_the_single_score(tmp_path):
     import onnxcompress
 

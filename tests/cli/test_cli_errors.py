@@ -150,6 +150,7 @@ def test_inspect_json_contract(files):
     assert all(set(u) == {"id", "nodes", "kind"} for u in doc["removable"])
 
 
+@pytest.mark.slow
 def test_apply_and_eval(files, tmp_path):
     out = tmp_path / "student.onnx"
     r = cli("apply", str(files / "model.onnx"), str(files / "plan.json"), "-o", str(out), "--data", str(files / "data.npz"))
@@ -177,6 +178,7 @@ def test_eval_runs_a_model_exported_with_a_fixed_batch(files, tmp_path):
     assert sha(path) == before
 
 
+@pytest.mark.slow
 def test_bgr_flag_reverses_the_channels(files, tmp_path):
     """A classifier whose class is its brightest input channel, labelled on RGB images: the same
     images stored BGR score 100 % with --bgr (eval turns them back) and less without."""
@@ -205,6 +207,7 @@ def test_bgr_flag_reverses_the_channels(files, tmp_path):
     assert json.loads(again.stdout)["accuracy"] == 1.0
 
 
+@pytest.mark.slow
 def test_finetune_feeds_the_inputs_the_student_was_built_for(files, tmp_path):
     """A student written by `apply --scale 0.5` is fine-tuned (and written) with that scale without
     the flag; the teacher, which records none, would have given x/255."""

@@ -36,6 +36,7 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "onnxcompress", *args], capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_compress_writes_student_and_report(job):
     out, rep = job / "student.onnx", job / "report.json"
     r = cli(str(job / "teacher.onnx"), "--data", str(job / "train.npz"), "--target", "macs=0.5", "--agent", "uniform",
@@ -88,6 +89,7 @@ def test_channel_multiple_sets_the_width_grid(job, multiple):
     assert on_grid if multiple == 4 else not on_grid, widths
 
 
+@pytest.mark.slow
 def test_compress_class_subset(job):
     out = job / "sub.onnx"
     present = np.flatnonzero(np.bincount(np.load(job / "train.npz")["y"], minlength=10))[::-1][:3]  # labels the data has
@@ -100,6 +102,7 @@ def test_compress_class_subset(job):
     assert y.shape == (2, len(present))
 
 
+@pytest.mark.slow  # reads the report test_compress_writes_student_and_report writes
 def test_replaying_the_reported_plan_gives_the_same_architecture(job):
     doc = json.loads((job / "report.json").read_text())
     plan = job / "plan.json"
@@ -110,6 +113,7 @@ def test_replaying_the_reported_plan_gives_the_same_architecture(job):
     assert model_cost(onnx.load(str(out))).macs == doc["student"]["macs"]
 
 
+@pytest.mark.slow
 def test_apply_reads_the_plan_of_a_report(job):
     doc = json.loads((job / "report.json").read_text())
     out = job / "from_report.onnx"
@@ -128,6 +132,7 @@ def test_apply_reads_the_plan_of_a_report(job):
     assert model_cost(onnx.load(str(out2))).macs == doc["teacher"]["macs"]  # the empty plan
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target,agent", [("size=0.3", "haq"), ("macs=0.5", "uniform")])
 def test_no_finetuning(job, target, agent):
     """--finetune-epochs 0: the searched plan is written as is (the HAQ quantization-only use)."""
@@ -138,6 +143,7 @@ def test_no_finetuning(job, target, agent):
     onnx.checker.check_model(onnx.load(str(out)))
 
 
+@pytest.mark.slow
 def test_size_target_quantizes_after_finetuning(job):
     """A size target: HAQ's bit widths are applied to the (fine-tuned) float student, once; the
     bridge never sees a QDQ graph, and no blanket re-quantization follows a plan that fits."""
@@ -152,6 +158,7 @@ def test_size_target_quantizes_after_finetuning(job):
     assert any(n.op_type == "DequantizeLinear" for n in onnx.load(str(out)).graph.node)
 
 
+@pytest.mark.slow
 def test_unlabelled_data_measures_agreement_and_says_so(job, tmp_path):
     """Without labels the accuracies are agreement with the teacher (DESIGN.md); the run says so
     instead of printing a 100 % teacher top-1 unexplained."""

@@ -81,6 +81,7 @@ def test_image_size_is_read_from_the_npz_header(tmp_path):
     assert image_size_of(tmp_path, "NCHW") is None  # an image folder: no single size
 
 
+@pytest.mark.slow
 def test_apply_and_eval_pin_to_the_data_size(files):
     out = files / "student.onnx"
     r = cli("apply", str(files / "dyn.onnx"), str(files / "plan.json"), "-o", str(out), "--data", str(files / "data.npz"))
@@ -124,6 +125,7 @@ def test_output_into_a_closed_pipe_stops_quietly(files):
     assert p.returncode in (0, 141)
 
 
+@pytest.mark.slow
 def test_compress_and_finetune_a_dynamic_teacher(files):
     out = files / "c.onnx"
     r = cli(str(files / "dyn.onnx"), "--data", str(files / "data.npz"), "--target", "macs=0.5", "--agent", "random",

@@ -39,6 +39,7 @@ def files(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [8, 4])
 def test_inspect_reports_the_stored_weight_types(files, bits):
     r = cli("inspect", str(files / f"int{bits}.onnx"), "--json")
@@ -50,6 +51,7 @@ def test_inspect_reports_the_stored_weight_types(files, bits):
     assert f"weights stored as 4 int{bits}" in text and "unknown op" not in text
 
 
+@pytest.mark.slow
 def test_structural_passes_refuse_a_quantized_model(files):
     out = files / "out.onnx"
     r = cli("apply", str(files / "int8.onnx"), str(files / "prune.json"), "-o", str(out), "--data", str(files / "data.npz"))
@@ -63,6 +65,7 @@ def test_structural_passes_refuse_a_quantized_model(files):
                    calibration=np.zeros((4, 3, 8, 8), np.float32))
 
 
+@pytest.mark.slow
 def test_compress_and_finetune_need_float_models(files):
     out = files / "s.onnx"
     r = cli(str(files / "int8.onnx"), "--data", str(files / "data.npz"), "--target", "macs=0.5", "-o", str(out), "--quiet")

@@ -35,6 +35,7 @@ def job(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted(job):
     ref = job / "ref.onnx"
     t0 = time.perf_counter()

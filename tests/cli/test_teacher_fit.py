@@ -127,7 +127,7 @@ def test_a_fitting_teacher_s_predictions_become_the_validation_labels(capsys):
     """Every stage (search rewards, probes, fine-tune epochs, Pareto front, verdict) then measures
     agreement without knowing; a teacher at 99.6 % shows it (at 100 % labels and predictions agree)."""
     from onnxcompress.compiler.data import Dataset
-    from onnxcompress.compiler.pipeline import JobData, _choose_measure
+    from onnxcompress.pipeline import JobData, _choose_measure
 
     y = np.arange(1000) % 10
     scores = np.eye(10)[y] * 30.0
@@ -149,8 +149,8 @@ def test_a_fitting_teacher_s_predictions_become_the_validation_labels(capsys):
 
 
 def test_an_exceeded_budget_on_agreement_is_never_NOT_met():
-    from onnxcompress.compiler.pipeline import _accuracy_note, _budget_note
-    from onnxcompress.compiler.report import Measure
+    from onnxcompress.pipeline import _accuracy_note, _budget_note
+    from onnxcompress.report import Measure
 
     seen = Measure("agreement", "2,000 validation images held out of --data train.npz", 2000, "the teacher fits these images",
                    {"teacher_top1": 1.0, "teacher_cross_entropy": 0.001})

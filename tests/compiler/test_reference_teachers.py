@@ -18,6 +18,10 @@ from onnxcompress.models.zoo import ARCHITECTURES
 from onnxcompress.passes import Plan, apply_plan
 from tests.builders import conv_macs
 
+# each architecture is built and exported first (about a minute in all); inspect of every one is
+# also pinned by test_inspect_golden, which stays in the fast lane
+pytestmark = pytest.mark.slow
+
 PUBLISHED = {"resnet20": (40.6e6, 0.27e6), "resnet56": (125.5e6, 0.85e6)}
 SHAPES = {"demo_cnn": (1, 1, 28, 28)}
 

@@ -32,6 +32,13 @@ def zoo_model(arch: str) -> Path:
     return path
 
 
+def local_model_names() -> set[str]:
+    """The pinned models that ship with the repository (the others come from ../shared/realdata)."""
+    from onnxcompress.models.zoo import ARCHITECTURES
+
+    return {"demo_teacher"} | {p.stem for p in DATA.glob("*.onnx")} | {f"zoo_{a}" for a in ARCHITECTURES}
+
+
 def golden_models(missing_ok: bool = False) -> list[tuple[str, Path]]:
     from onnxcompress.models.demo import demo_teacher_path
     from onnxcompress.models.zoo import ARCHITECTURES

@@ -139,6 +139,7 @@ def test_config_is_validated() -> None:
         TrainConfig(arch="resnet20", epochs=0)
 
 
+@pytest.mark.slow
 def test_cli_trains_and_reports(tiny_fashion, tmp_path, capsys) -> None:
     out = tmp_path / "cli.onnx"
     argv = ["--arch", "demo_cnn", "--data", str(tiny_fashion[0]), "--val-data", str(tiny_fashion[1])]

@@ -50,6 +50,7 @@ def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fold_bn", [True, False], ids=["folded", "bn"])
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_export_matches_torch(arch: str, fold_bn: bool, tmp_path) -> None:

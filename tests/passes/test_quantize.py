@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcompress.compiler import qdq
+from onnxcompress.passes.quantize import activations, forms
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, opset_of
-from onnxcompress.compiler.precision import LayerLatency, PrecisionCost, measure_layer_latency
+from onnxcompress.passes.quantize.precision import LayerLatency, PrecisionCost, measure_layer_latency
 from onnxcompress.compiler.runtime import make_session, run_batched
 from onnxcompress.errors import PlanError
 from onnxcompress.passes import Plan, apply_plan
@@ -145,7 +145,7 @@ def test_numerics_against_float(cnn, calib, inputs, bits):
     got = _run(_logits_model(q), inputs)
     assert _rel_err(got, ref) < ERROR_BOUND[bits]
     assert np.all(np.isfinite(got))
-    assert qdq.read_precisions(import_graph(q)) == {n: bits for n in _layers(cnn)}
+    assert forms.read_precisions(import_graph(q)) == {n: bits for n in _layers(cnn)}
 
 
 @pytest.mark.parametrize("bits", [16, 8, 4])
@@ -207,7 +207,7 @@ def test_int8_is_standard_qdq_and_fuses_in_onnxruntime(cnn, calib, tmp_path):
 
 def test_one_node_leaves_the_others_fp32(cnn, calib):
     q = _quantize(cnn, [{"node": "conv2", "bits": 8}], calib)
-    prec = qdq.read_precisions(import_graph(q))
+    prec = forms.read_precisions(import_graph(q))
     assert prec["conv2"] == 8 and all(b == 32 for n, b in prec.items() if n != "conv2")
     before = {t.name: numpy_helper.to_array(t) for t in cnn.graph.initializer}
     after = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
@@ -226,7 +226,7 @@ def test_nodes_map_first_last_8_middle_4_runs(cnn, calib, inputs):
     layers = _layers(cnn)
     plan = {n: (8 if n in (layers[0], layers[-1]) else 4) for n in layers}
     q = _quantize(cnn, [{"nodes": plan}], calib)
-    assert qdq.read_precisions(import_graph(q)) == plan
+    assert forms.read_precisions(import_graph(q)) == plan
     onnx.checker.check_model(q)
     got = _run(_logits_model(q), inputs)
     assert _rel_err(got, _run(_logits_model(cnn), inputs)) < ERROR_BOUND[4]
@@ -247,7 +247,7 @@ def test_steps_compose_into_one_consistent_graph(cnn, calib, inputs):
     layers = _layers(cnn)
     split = _quantize(cnn, [{"bits": 8}, {"node": layers[1], "bits": 4}, {"node": layers[2], "bits": 16}], calib)
     want = {n: 8 for n in layers} | {layers[1]: 4, layers[2]: 16}
-    assert qdq.read_precisions(import_graph(split)) == want
+    assert forms.read_precisions(import_graph(split)) == want
     assert _pairs_are_single(split)
     one = _quantize(cnn, [{"nodes": want}], calib)
     assert [n.op_type for n in split.graph.node] == [n.op_type for n in one.graph.node]
@@ -261,7 +261,7 @@ def test_repeating_a_step_changes_nothing(cnn, calib):
     assert once.SerializeToString() == twice.SerializeToString()
     # and an already quantized model re-emits without data when nothing new needs it
     again = apply_plan(once, Plan.from_json([{"pass": "quantize", "node": _layers(cnn)[0], "bits": 16}]), calibration=None)
-    assert qdq.read_precisions(import_graph(again))[_layers(cnn)[0]] == 16
+    assert forms.read_precisions(import_graph(again))[_layers(cnn)[0]] == 16
 
 
 def test_prune_then_quantize(calib, inputs):
@@ -287,9 +287,9 @@ def test_mean_minmax_averages_per_sample_extremes(cnn, calib):
     graph = import_graph(cnn)
     tensor = next(n.outputs[0].name for n in graph.nodes if n.op == "Relu")
     values = intermediate_outputs(cnn, calib, [tensor])[tensor].reshape(len(calib), -1)
-    lo, hi = qdq.calibrate(cnn, [tensor], calib, "minmax")[tensor]
+    lo, hi = activations.calibrate(cnn, [tensor], calib, "minmax")[tensor]
     assert lo == pytest.approx(values.min(), rel=1e-5) and hi == pytest.approx(values.max(), rel=1e-5)
-    lo, hi = qdq.calibrate(cnn, [tensor], calib, "mean_minmax")[tensor]
+    lo, hi = activations.calibrate(cnn, [tensor], calib, "mean_minmax")[tensor]
     assert lo == pytest.approx(values.min(axis=1).mean(), rel=1e-4)
     assert hi == pytest.approx(values.max(axis=1).mean(), rel=1e-4)
     assert hi < values.max()  # the samples differ: the mean of their maxima is below the global one
@@ -413,13 +413,13 @@ def _conv_node(w: np.ndarray, pads: list[int]) -> gs.Node:
 
 
 def test_gptq_beats_nearest_rounding_on_the_layer_output():
-    from onnxcompress.compiler import gptq
+    from onnxcompress.passes.quantize import gptq
 
     rng = np.random.default_rng(4)
     mix = rng.standard_normal((48, 48))
     x = rng.standard_normal((4000, 48)) @ mix  # correlated inputs, where GPTQ's compensation pays
     w = rng.standard_normal((16, 48)).astype(np.float32)
-    scale = qdq.per_channel_scale(w, 4, 0)
+    scale = forms.per_channel_scale(w, 4, 0)
     nearest = np.clip(np.round(w / scale[:, None]), -7, 7)
     chosen = gptq.gptq_round(w, x.T @ x, scale, 7)
     assert chosen.dtype == np.int8 and np.abs(chosen).max() <= 7
@@ -428,7 +428,7 @@ def test_gptq_beats_nearest_rounding_on_the_layer_output():
 
 
 def test_bias_shift_restores_the_mean_output():
-    from onnxcompress.compiler import gptq
+    from onnxcompress.passes.quantize import gptq
 
     rng = np.random.default_rng(5)
     w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
@@ -436,7 +436,7 @@ def test_bias_shift_restores_the_mean_output():
     node = _conv_node(w, [1, 1, 1, 1])
     stats = gptq.LayerInputs(node, hessian=False)
     stats.add(x)
-    q = qdq.round_to_nearest(w, 4, 0)
+    q = forms.round_to_nearest(w, 4, 0)
     wq = q.q * q.scale[:, None, None, None]
     shift = gptq.bias_shift(w.reshape(8, -1), wq.reshape(8, -1), stats)
 

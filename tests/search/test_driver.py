@@ -147,7 +147,7 @@ def test_end_to_end_with_the_real_evaluator():
 
 def test_haq_latency_target_uses_the_quantize_latency_table():
     """A latency target on the quantize stage: the measured per-layer table of
-    compiler.precision predicts latency for the clamp; the evaluator measures every candidate."""
+    passes.quantize.precision predicts latency for the clamp; the evaluator measures every candidate."""
     x = np.random.default_rng(0).standard_normal((48, 3, 8, 8)).astype(np.float32)
     cfg = SearchConfig(agent="haq", episodes=3, targets=({"latency": 1.0},), bits=(8, 32), val_limit=48, calib_limit=32,
                        agent_config=HAQConfig(updates_per_episode=1, min_warmup=1))

@@ -45,6 +45,7 @@ def test_in_process_order_and_cache(reference):
     assert [r.feasible for r in results[:5]] == [True] * 5
 
 
+@pytest.mark.slow
 def test_process_pool_is_identical(reference):
     ev, results = reference
     with PoolExecutor(ev.spec(), workers=2) as pool:

@@ -54,7 +54,7 @@ def test_quantize_search_size_is_the_written_file():
     the evaluator measures the written model, so a plan the search accepts also fits when the
     pipeline checks it (it once re-quantized HAQ's plan to int4 everywhere: 0.18x predicted
     from parameter bytes, 0.22x in the file)."""
-    from onnxcompress.compiler.precision import PrecisionCost
+    from onnxcompress.passes.quantize.precision import PrecisionCost
     from onnxcompress.compiler.data import Dataset
     from onnxcompress.search.evaluator import Evaluator
 

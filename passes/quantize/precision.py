@@ -10,7 +10,7 @@ The search calls this; it never needs to know how the quantize pass writes a lay
     measure_layer_latency(model, "conv_1", 8, sample)  # one table entry, measured on its own
 
 Size is measured, not modelled: `build` writes every layer at every precision through the same
-code the pass uses (compiler/qdq.py, with round-to-nearest weights: the byte count does not
+code the pass uses (qdq.py, with round-to-nearest weights: the byte count does not
 depend on the integer values) and attributes the serialized bytes to layers. An int8 map also
 pays a measured number of bytes per activation Q/DQ pair; which tensors get a pair for a given
 map comes from the pass's own planner, so shared pairs are counted once. `size_bytes` matches the
@@ -46,13 +46,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcompress.compiler import qdq
+from onnxcompress.passes.quantize import forms, qdq
+from onnxcompress.passes.quantize.activations import ActivationPlan, calibrate, plan_activations
 from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.onnx_io import export_graph, import_graph
-from onnxcompress.compiler.runtime import Latency, PairedTimes, make_session, paired_latency, paired_times  # noqa: F401 (re-exported)
-from onnxcompress.errors import PlanError
+from onnxcompress.compiler.runtime import Latency, paired_latency
+from onnxcompress.compiler.errors import PlanError
 
-QUANTIZED_PRECISIONS = (16, 8, 4)
+QUANTIZED_PRECISIONS = tuple(b for b in forms.PRECISIONS if b != 32)  # (16, 8, 4)
 _UNIFORM = ""  # key of the every-layer-at-one-precision model in the latency measurements
 
 
@@ -76,7 +77,7 @@ class LayerLatency:
 
 def _float_graph(model: onnx.ModelProto) -> gs.Graph:
     graph = import_graph(model)
-    qdq.strip(graph)
+    forms.strip(graph)
     return graph
 
 
@@ -84,7 +85,7 @@ def _variant(
     base: gs.Graph,
     template: onnx.ModelProto,
     precisions: Mapping[str, int],
-    activations: Mapping[str, qdq.ActivationParams],
+    activations: Mapping[str, forms.ActivationParams],
     with_pairs: bool = True,
 ) -> onnx.ModelProto:
     """`base` (float) with `precisions` emitted by the pass's own code; weights rounded to
@@ -95,22 +96,22 @@ def _variant(
     for name, bits in precisions.items():
         if bits in (8, 4):
             w = np.asarray(layers[name].inputs[1].values, dtype=np.float32)
-            weights[name] = qdq.round_to_nearest(w, bits, qdq.weight_axis(layers[name], w.ndim))
+            weights[name] = forms.round_to_nearest(w, bits, forms.weight_axis(layers[name], w.ndim))
     int8 = frozenset(n for n, b in precisions.items() if b == 8)
-    plan = qdq.plan_activations(graph, int8) if with_pairs else qdq.ActivationPlan(frozenset(), (), {})
+    plan = plan_activations(graph, int8) if with_pairs else ActivationPlan(frozenset(), (), {})
     qdq.emit(graph, precisions, plan, activations, weights)
     return export_graph(graph, template=template)
 
 
-def _placeholder_params(tensors: Sequence[str]) -> dict[str, qdq.ActivationParams]:
+def _placeholder_params(tensors: Sequence[str]) -> dict[str, forms.ActivationParams]:
     """Parameters that only have to be well-formed (byte counts do not depend on them)."""
-    return {t: qdq.ActivationParams(0.05, 0) for t in tensors}
+    return {t: forms.ActivationParams(0.05, 0) for t in tensors}
 
 
 def _all_plan_tensors(graph: gs.Graph, layers: Sequence[str]) -> list[str]:
     """Tensors any single-layer or all-int8 plan calibrates."""
     wanted: list[str] = []
-    plans = [qdq.plan_activations(graph, frozenset(layers))] + [qdq.plan_activations(graph, frozenset([n])) for n in layers]
+    plans = [plan_activations(graph, frozenset(layers))] + [plan_activations(graph, frozenset([n])) for n in layers]
     for plan in plans:
         wanted.extend(t for t in plan.calibrated if t not in wanted)
     return wanted
@@ -210,7 +211,7 @@ class PrecisionCost:
         layers = analyze(graph).quantizable
         fp32 = export_graph(graph.copy(), template=model)
         fp32_bytes = fp32.ByteSize()
-        graph21 = qdq.ensure_opset(graph.copy(), qdq.INT4_MIN_OPSET) if 4 in precisions else None
+        graph21 = forms.ensure_opset(graph.copy(), forms.INT4_MIN_OPSET) if 4 in precisions else None
         fp32_21 = export_graph(graph21.copy(), template=model) if graph21 is not None else None
         placeholders = _placeholder_params(_all_plan_tensors(graph, layers)) if 8 in precisions else {}
 
@@ -252,8 +253,8 @@ class PrecisionCost:
         for name, bits in bits_by_node.items():
             if name not in self.layers:
                 raise PlanError(f"precision cost: '{name}' is not a quantizable layer of the model")
-            if bits not in qdq.PRECISIONS:
-                raise PlanError(f"precision cost: bits must be one of {qdq.PRECISIONS}, got {bits} for '{name}'")
+            if bits not in forms.PRECISIONS:
+                raise PlanError(f"precision cost: bits must be one of {forms.PRECISIONS}, got {bits} for '{name}'")
             if bits != 32:
                 if (name, bits) not in self.layer_bytes:
                     raise PlanError(f"precision cost: the table was built without {bits}-bit entries")
@@ -268,7 +269,7 @@ class PrecisionCost:
             size += self.opset21_bytes
         int8 = frozenset(n for n, b in bits.items() if b == 8)
         if int8 and self.graph is not None:
-            size += int(round(len(qdq.plan_activations(self.graph.copy(), int8).tensors) * self.pair_bytes))
+            size += int(round(len(plan_activations(self.graph.copy(), int8).tensors) * self.pair_bytes))
         return int(size)
 
     def latency_delta(self, node: str, bits: int, batch: int = 32) -> float:
@@ -336,11 +337,11 @@ def _latency_models(
 ) -> tuple[list[tuple[str, int]], list[onnx.ModelProto]]:
     """One model per (layer, bits) with only that layer quantized; int8 ranges measured on
     `sample` (kernels and fusions depend on the zero points, not on the exact scales)."""
-    params: dict[str, qdq.ActivationParams] = {}
+    params: dict[str, forms.ActivationParams] = {}
     if 8 in precisions:
         tensors = _all_plan_tensors(graph, layers)
-        ranges = qdq.calibrate(export_graph(graph.copy(), template=model), tensors, np.asarray(sample[:64], dtype=np.float32))
-        params = {t: qdq.ActivationParams.from_range(*ranges[t]) for t in tensors if t in ranges}
+        ranges = calibrate(export_graph(graph.copy(), template=model), tensors, np.asarray(sample[:64], dtype=np.float32))
+        params = {t: forms.ActivationParams.from_range(*ranges[t]) for t in tensors if t in ranges}
     keys, models = [], []
     for bits in precisions:
         base = graph21 if bits == 4 else graph
@@ -374,7 +375,7 @@ def _layer_neighbours(graph: gs.Graph, layers: Sequence[str]) -> dict[str, tuple
                     seen.add(nxt.name)
                     if nxt.name in wanted:
                         found.add(nxt.name)
-                    elif nxt.op not in qdq.LAYER_OPS:
+                    elif nxt.op not in forms.LAYER_OPS:
                         stack.append(nxt)
         return found
 
@@ -391,7 +392,7 @@ def measure_layer_latency(
     graph = _float_graph(model)
     if node not in analyze(graph).quantizable:
         raise PlanError(f"measure_layer_latency: '{node}' is not a quantizable layer of the model")
-    graph21 = qdq.ensure_opset(graph.copy(), qdq.INT4_MIN_OPSET) if bits == 4 else None
+    graph21 = forms.ensure_opset(graph.copy(), forms.INT4_MIN_OPSET) if bits == 4 else None
     fp32 = export_graph(graph.copy(), template=model)
     _, models = _latency_models(model, graph, graph21, [node], [bits], sample)
     base, (lat,) = paired_latency(fp32, models, sample, rounds=rounds, cpu=True)

@@ -10,7 +10,6 @@ logits at the kept classes).
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import time
@@ -23,18 +22,19 @@ import numpy as np
 import onnx
 
 from onnxcompress.compiler import binary_head
-from onnxcompress.compiler.config import CompressConfig, Target
+from onnxcompress.config import CompressConfig, Target
 from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, as_classifier, load_data
 from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.kd import KDConfig
+from onnxcompress.compiler.metrics import predicted_classes, top1
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, load_model, num_classes, save_model_atomic
-from onnxcompress.compiler.report import Measure, ModelMetrics, RunReport, StudentReport
+from onnxcompress.report import Measure, ModelMetrics, RunReport, StudentReport
 from onnxcompress.compiler.runtime import Latency, compare_latency, make_session, measure_latency, run_batched
 from onnxcompress.compiler.teacher_fit import teacher_fit
 from onnxcompress.compiler.trainer import FinetuneConfig, finetune
-from onnxcompress.errors import DataError, ModelError, UsageError
-from onnxcompress.passes import Plan, apply_plan
+from onnxcompress.compiler.errors import DataError, ModelError, UsageError
+from onnxcompress.passes import Plan, apply_plan, get_pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,21 +88,16 @@ def prepare_data(
 # ----------------------------------------------------------------------------------------------
 
 
-def top1(model: onnx.ModelProto, data: Dataset, reference: np.ndarray | None = None) -> float | None:
+def model_top1(model: onnx.ModelProto, data: Dataset, reference: np.ndarray | None = None) -> float | None:
     """Top-1 against labels, or agreement with `reference` predictions when there are none."""
-    scores = run_batched(make_session(model), data.x)
-    pred = scores.reshape(len(scores), -1).argmax(1)
-    if data.y is not None:
-        return float((pred == data.y).mean())
-    if reference is not None:
-        return float((pred == reference).mean())
-    return None
+    target = data.y if data.y is not None else reference
+    return None if target is None else top1(run_batched(make_session(model), data.x), target)
 
 
 def measure(model: onnx.ModelProto, data: Dataset, reference: np.ndarray | None = None, latency: bool = True) -> ModelMetrics:
     """Cost, top-1 and (unless `latency=False`: the caller times models side by side) latency."""
     cost = model_cost(model)
-    return ModelMetrics(cost.macs, cost.params, model.ByteSize(), top1(model, data, reference),
+    return ModelMetrics(cost.macs, cost.params, model.ByteSize(), model_top1(model, data, reference),
                         measure_latency(model, data.x[:32]) if latency else None)
 
 
@@ -182,58 +177,29 @@ def finetune_config(epochs: int, seed: int, classes: tuple[int, ...] | None, dev
 def compress(
     model: str | Path | onnx.ModelProto,
     data: str | Path,
-    target: str | Target | Sequence[str | Target],
+    config: CompressConfig,
+    *,
     val_data: str | Path | None = None,
-    max_drop: float = 1.0,
-    classes: Sequence[int] | None = None,
-    agent: str | None = None,
-    episodes: int | None = None,
-    finetune_epochs: int = 3,
-    seed: int = 0,
-    workers: int = 1,
-    executor: str = "local",
-    ray_address: str | None = None,
     preprocess: Preprocess | None = None,
-    checkpoint_dir: str | Path | None = None,
-    progress: bool = True,
     save_policy: str | Path | None = None,
     load_policy: str | Path | None = None,
     name: str | None = None,
-    families: int = 3,
-    channel_multiple: int | None = None,
     input_size: tuple[int, int] | None = None,
-    device: str = "auto",
 ) -> CompressResult:
-    """Searches, rewrites and fine-tunes a student per target. See the module docstring.
-    `input_size`: the height and width for a model exported with dynamic ones (default: the size
-    of the `.npz` images). `device`: auto, cpu or cuda (compiler/device.py): torch's CUDA device
-    for fine-tuning and onnxruntime's CUDA provider for evaluating candidates, when present."""
+    """Searches, rewrites and fine-tunes a student per target of `config`. See the module
+    docstring. The keywords are what is not the job's configuration: the validation data, the
+    preprocessing (default: the model's metadata), the RL policy files, the name in the report,
+    and `input_size`, the height and width for a model exported with dynamic ones (default: the
+    size of the `.npz` images). onnxcompress.compress is the same with options by name."""
     from onnxcompress.compiler.device import resolve_device
 
-    hardware = resolve_device(device)
-    targets = target if isinstance(target, (list, tuple)) else [target]
-    config = CompressConfig(
-        targets=tuple(t if isinstance(t, Target) else Target.parse(t) for t in targets),
-        max_drop=max_drop,
-        classes=tuple(classes) if classes is not None else None,
-        agent=agent,
-        episodes=episodes,
-        finetune_epochs=finetune_epochs,
-        seed=seed,
-        workers=workers,
-        executor=executor,
-        ray_address=ray_address,
-        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
-        progress=progress,
-        families=families,
-        channel_multiple=channel_multiple,
-    )
+    hardware = resolve_device(config.device)
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     model_name = name or (Path(model).name if not isinstance(model, onnx.ModelProto) else "model.onnx")
     # a dynamic input size pinned, a sigmoid head searched and trained as two classes
-    original, note = as_classifier(original, data, input_size, model_name, classes, needs_scores="compress")
+    original, note = as_classifier(original, data, input_size, model_name, config.classes, needs_scores="compress")
     if note:
-        _say(progress, note)
+        _say(config.progress, note)
     if is_quantized(original):
         raise ModelError(f"{model_name} is already quantized (QuantizeLinear/DequantizeLinear): compress needs the float "
                          "teacher (quantization is one of its own passes)")
@@ -243,13 +209,13 @@ def compress(
     if config.classes is not None and n_classes is not None and max(config.classes) >= n_classes:
         raise UsageError(f"--classes {max(config.classes)} is out of range: the model has {n_classes} classes (0..{n_classes - 1})")
     job = prepare_data(teacher, data, val_data, preprocess, config.classes, config.val_size, config.calib_size, config.seed)
-    _say(progress, f"teacher: {model_name}; data: {len(job.train)} train / {len(job.val)} validation samples")
+    _say(config.progress, f"teacher: {model_name}; data: {len(job.train)} train / {len(job.val)} validation samples")
     if job.val.y is None:
-        _say(progress, "note: the data has no labels: top-1 below is agreement with the teacher's predictions "
+        _say(config.progress, "note: the data has no labels: top-1 below is agreement with the teacher's predictions "
                        "(the teacher's own is 100 % by definition)")
     note = small_validation_note(len(job.val), config.max_drop)
     if note:
-        _say(progress, note)
+        _say(config.progress, note)
 
     # the search base: the teacher, specialised to the classes when asked
     prefix = Plan()
@@ -259,12 +225,12 @@ def compress(
         base = apply_plan(teacher, prefix)
     teacher_scores = run_batched(make_session(base), job.val.x)
     teacher_pred = teacher_scores.reshape(len(teacher_scores), -1).argmax(1)
-    job, val_measure = _choose_measure(job, teacher_scores, teacher_pred, val_data is not None, progress)
+    job, val_measure = _choose_measure(job, teacher_scores, teacher_pred, val_data is not None, config.progress)
     teacher_metrics = measure(base, job.val, teacher_pred, latency=False)
     if teacher_metrics.accuracy is None:
         teacher_metrics = replace(teacher_metrics, accuracy=1.0)  # agreement with itself
     if val_measure.kind == "top1":  # (agreement: the warning or the no-labels note above said what it is)
-        _say(progress, f"teacher: top-1 {100 * teacher_metrics.accuracy:.2f}% on {val_measure.images}")
+        _say(config.progress, f"teacher: top-1 {100 * teacher_metrics.accuracy:.2f}% on {val_measure.images}")
 
     outcome = _search(base, teacher, job, config, save_policy, load_policy, hardware)
 
@@ -276,10 +242,10 @@ def compress(
             ckpt.mkdir(parents=True, exist_ok=True)
         # quantize steps come last and are applied after fine-tuning: the trainer works on the
         # float student (the bridge has no QDQ ops) and quantization is calibrated on its weights
-        plan, quantization = split_quantization(plan)
+        plan, quantization = split_terminal(plan)
         student = apply_plan(base, plan, calibration=job.calibration, seed=config.seed)
         if config.finetune_epochs > 0 and not plan_is_empty(plan):
-            _say(progress, f"fine-tuning the student for {tgt.label()} ({config.finetune_epochs} epochs, KD from the teacher)")
+            _say(config.progress, f"fine-tuning the student for {tgt.label()} ({config.finetune_epochs} epochs, KD from the teacher)")
             student, ft = finetune(
                 student,
                 teacher,
@@ -287,7 +253,7 @@ def compress(
                 job.val,
                 finetune_config(config.finetune_epochs, config.seed, config.classes, hardware.torch),
                 checkpoint_dir=ckpt,
-                progress=progress,
+                progress=config.progress,
             )
             ft_wall += ft.wall_s
         final_plan = prefix.then(plan)
@@ -362,7 +328,7 @@ class SearchOutcome:
     episodes: int
     evaluations: int
     wall_s: float
-    probes: tuple[tuple, ...] = ()  # per target: the structure families' probes (compiler/structure.py)
+    probes: tuple[tuple, ...] = ()  # per target: the structure families' probes (search/structure.py)
     channel_multiple: int = 1  # the width grid the search snapped to
 
 
@@ -373,7 +339,7 @@ DEFAULT_EPISODES = {"ddpg": 60, "reinforce": 60, "haq": 40, "random": 60, "unifo
 
 def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, config: CompressConfig, save_policy, load_policy,
             hardware=None) -> SearchOutcome:  # noqa: ANN001 - a compiler.device.Device
-    from onnxcompress.compiler import structure
+    from onnxcompress.search import structure
     from onnxcompress.compiler.hardware import channel_multiple
     from onnxcompress.search.driver import SearchConfig, run_search
     from onnxcompress.search.executors import ExecutorConfig
@@ -405,7 +371,7 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
     if structural and agent != "uniform" and all(t.latency is None for t in config.targets):
         # (latency targets: the search's measured latency model decides, not a MACs-uniform plan)
         search_config, baseline, baselines = _uniform_baseline(base, job, search_config)
-    # structure families (compiler/structure.py): searches with a residual block removed first,
+    # structure families (search/structure.py): searches with a residual block removed first,
     # judged by a short fine-tune; for structural targets, when the student will be fine-tuned.
     # Agents that decide removals themselves (reinforce) get them too: judged without
     # fine-tuning, their removal stage learns to keep every unit (bench/results/search.md), so
@@ -517,24 +483,10 @@ def _uniform_baseline(base: onnx.ModelProto, job: JobData, search_config):
 def _uniform_plan(base: onnx.ModelProto, target: Target) -> Plan:
     """The uniform ratio whose predicted MACs/params meet the target (bisection on the exact
     cost model); used only when the search found nothing within the target."""
-    from onnxcompress.compiler.cost import SearchCost
-    from onnxcompress.passes.prune_channels import rounded_keep
+    from onnxcompress.passes.prune_channels import uniform_ratio
 
-    analysis = analyze(import_graph(base))
-    cost = SearchCost(analysis)
-    groups = [g for g in analysis.groups if g.prunable]
-    goal_macs = (target.macs or 1.0) * cost.total_macs
-    goal_params = (target.params or 1.0) * cost.total_layer_params
-    lo, hi = 0.0, 0.95
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        keep = {g.id: rounded_keep(g.channels, g.channels * (1 - mid), 1) for g in groups}
-        if cost.macs(keep) <= goal_macs and cost.layer_params(keep) <= goal_params:
-            hi = mid
-        else:
-            lo = mid
-    # round *up*: rounding to nearest can step back over a channel-count boundary and miss the target
-    return Plan.from_json({"passes": [{"pass": "prune_channels", "ratio": min(0.95, math.ceil(hi * 1e4) / 1e4), "reconstruct": True}]})
+    ratio = uniform_ratio(analyze(import_graph(base)), macs=target.macs, params=target.params)
+    return Plan.from_json({"passes": [{"pass": "prune_channels", "ratio": ratio, "reconstruct": True}]})
 
 
 def _choose_measure(job: JobData, teacher_scores: np.ndarray, teacher_pred: np.ndarray, own_val_data: bool,
@@ -596,10 +548,11 @@ def plan_is_empty(plan: Plan) -> bool:
     return len(plan.steps) == 0
 
 
-def split_quantization(plan: Plan) -> tuple[Plan, Plan]:
-    """(the steps before the first quantize step, that step and the rest): structural passes
-    read float weights, so a plan quantizes last (passes/quantize.py)."""
-    first = next((i for i, s in enumerate(plan.steps) if s.name == "quantize"), len(plan.steps))
+def split_terminal(plan: Plan) -> tuple[Plan, Plan]:
+    """(the steps before the first terminal step, that step and the rest): the tail runs after
+    fine-tuning (PassSpec.terminal: quantization, whose structural predecessors read float
+    weights and whose calibration reads the tuned ones)."""
+    first = next((i for i, s in enumerate(plan.steps) if get_pass(s.name).terminal), len(plan.steps))
     return Plan(plan.steps[:first]), Plan(plan.steps[first:])
 
 

@@ -1,8 +1,10 @@
-"""Small pieces of compiler/pipeline.py (the end-to-end runs are in tests/cli)."""
+"""Small pieces of onnxcompress/pipeline.py (the end-to-end runs are in tests/cli)."""
 
 from __future__ import annotations
 
-from onnxcompress.compiler.pipeline import accuracy_drop
+import pytest
+
+from onnxcompress.pipeline import accuracy_drop
 
 
 def test_accuracy_drop_equal_to_the_budget_meets_it():
@@ -12,7 +14,7 @@ def test_accuracy_drop_equal_to_the_budget_meets_it():
 
 
 def test_small_validation_sets_are_flagged():
-    from onnxcompress.compiler.pipeline import small_validation_note
+    from onnxcompress.pipeline import small_validation_note
 
     assert small_validation_note(1000, 1.0) is None and small_validation_note(100, 1.0) is None
     note = small_validation_note(4, 1.0)
@@ -21,7 +23,7 @@ def test_small_validation_sets_are_flagged():
 
 
 def test_a_student_slower_than_its_teacher_is_said_so():
-    from onnxcompress.compiler.pipeline import _slower_note
+    from onnxcompress.pipeline import _slower_note
     from onnxcompress.compiler.runtime import Latency
 
     teacher = Latency(0.1, 2.0)
@@ -31,6 +33,7 @@ def test_a_student_slower_than_its_teacher_is_said_so():
     assert "--channel-multiple" not in _slower_note(Latency(0.2, 2.5), teacher, 16)
 
 
+@pytest.mark.slow
 def test_agents_that_remove_units_also_get_structure_families(tmp_path):
     """N2N's REINFORCE decides removals itself, but judged without fine-tuning it learns to keep
     every unit; compress therefore runs it on the structure families too (a block removed first,
@@ -38,7 +41,7 @@ def test_agents_that_remove_units_also_get_structure_families(tmp_path):
     import numpy as np
     import onnx
 
-    from onnxcompress.compiler.pipeline import compress
+    from onnxcompress import compress
     from onnxcompress.compiler.runtime import make_session
     from tests.builders import resnet_like
 
@@ -53,6 +56,7 @@ def test_agents_that_remove_units_also_get_structure_families(tmp_path):
     assert result.students[0].metrics.macs <= 0.5 * result.teacher.macs
 
 
+@pytest.mark.slow
 def test_search_never_returns_less_than_the_uniform_baseline():
     """compress evaluates the uniform plan with each channel criterion, searches with the better
     criterion, and keeps the uniform plan when the search's best channel plan scores below it on
@@ -60,10 +64,11 @@ def test_search_never_returns_less_than_the_uniform_baseline():
     scores well below uniform (measured: 86-91 % vs 93 % on 300 images)."""
     import dataclasses
 
-    from onnxcompress.compiler.config import CompressConfig, Target
     from onnxcompress.compiler.data import Preprocess
     from onnxcompress.compiler.onnx_io import canonicalize, load_model
-    from onnxcompress.compiler.pipeline import CRITERIA, _uniform_baseline, compress, prepare_data
+    from onnxcompress.config import CompressConfig
+    from onnxcompress.pipeline import CRITERIA, _uniform_baseline, compress, prepare_data
+    from onnxcompress.search.targets import Target
     from onnxcompress.models.demo import demo_data_paths, demo_teacher_path
     from onnxcompress.search.driver import SearchConfig, run_search
 
@@ -89,8 +94,26 @@ def test_search_never_returns_less_than_the_uniform_baseline():
     alone = run_search(base, job.val, job.calibration, chosen, progress=False).best[0].metrics.accuracy
     assert alone < best.metrics.accuracy
     # ...and compress returns the baseline's score or better
-    result = compress(demo_teacher_path(), train, target, agent="random", episodes=1, finetune_epochs=0, families=1,
-                      channel_multiple=1, progress=False, seed=0)
+    config = CompressConfig(targets=(target,), agent="random", episodes=1, finetune_epochs=0, families=1, channel_multiple=1,
+                            progress=False, seed=0)
+    result = compress(demo_teacher_path(), train, config)
     student = result.students[0]
     assert student.search_accuracy is not None and student.search_accuracy >= best.metrics.accuracy - 1e-9
     assert result.report.evaluations >= 1 + len(CRITERIA)  # the search's own plus the uniform baselines
+
+
+def test_compress_options_are_the_config_fields():
+    """onnxcompress.compress takes CompressConfig's fields by name (no restated parameter list):
+    an unknown name is a TypeError naming it, before any file is read."""
+
+
+    import onnxcompress
+    from onnxcompress.config import CompressConfig
+
+    with pytest.raises(TypeError, match="unknown compress option.*epochs.*finetune_epochs"):
+        onnxcompress.compress("missing.onnx", "missing.npz", "macs=0.5", epochs=3)
+    with pytest.raises(TypeError, match="needs a target"):
+        onnxcompress.compress("missing.onnx", "missing.npz")
+    config = CompressConfig.from_options(["macs=0.5", "size=0.3"], classes=[2, 0], checkpoint_dir="ck", seed=4)
+    assert config.classes == (2, 0) and str(config.checkpoint_dir) == "ck" and len(config.targets) == 2
+    assert config.with_options("macs=0.2", agent="ddpg").targets[0].macs == 0.2 and config.with_options(agent="ddpg").seed == 4

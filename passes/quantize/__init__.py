@@ -8,14 +8,14 @@ Option: "calibration": "minmax" (default: global extremes) | "mean_minmax" (the 
 extremes, NNCF's default) | "entropy" | "percentile" - how int8 activation ranges are measured
 (onnxruntime's calibrators).
 
-Precisions (compiler/qdq.py has the why of each form): 32 leaves a layer untouched; 16 stores
+Precisions (forms.py has the why of each form): 32 leaves a layer untouched; 16 stores
 its weight in fp16 behind a Cast; 8 is int8 QDQ (per-channel symmetric weights, per-tensor
 uint8 activations, calibrated: onnxruntime runs it on its fused int8 kernels); 4 is int4
 weight-only behind DequantizeLinear, rounded by GPTQ, and upgrades the model to opset 21.
 int8 and int4 need calibration data (`ctx.calibration`); without it the step is a PlanError.
 
 How steps compose: the graph itself records each layer's precision (the form of its weight),
-so a step reads the current precisions, turns the graph back into float (`qdq.strip`, which
+so a step reads the current precisions, turns the graph back into float (`forms.strip`, which
 keeps the activation scales and integer weights it removes), lays its own request over the
 current map (a later step wins for the layers it names) and emits the whole map once: one
 consistent QDQ graph, one Q/DQ pair per tensor, however many steps. Layers whose precision did
@@ -36,9 +36,9 @@ from typing import Any, Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcompress.compiler import qdq
+from onnxcompress.passes.quantize import activations, forms, qdq
 from onnxcompress.compiler.ir import analyze
-from onnxcompress.errors import PlanError
+from onnxcompress.compiler.errors import PlanError
 from onnxcompress.passes.plan import parse_fields
 from onnxcompress.passes.registry import PassContext, register
 
@@ -48,8 +48,8 @@ MAX_CALIBRATION_SAMPLES = 512
 
 
 def _bits(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value not in qdq.PRECISIONS:
-        raise PlanError(f"quantize: {where} must be one of {', '.join(map(str, qdq.PRECISIONS))} bits, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value not in forms.PRECISIONS:
+        raise PlanError(f"quantize: {where} must be one of {', '.join(map(str, forms.PRECISIONS))} bits, got {value!r}")
     return int(value)
 
 
@@ -60,15 +60,15 @@ class QuantizeParams:
 
     bits: int | None = None
     nodes: tuple[tuple[str, int], ...] | None = None
-    calibration: str = qdq.DEFAULT_CALIBRATION
+    calibration: str = activations.DEFAULT_CALIBRATION
     single: bool = False
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "QuantizeParams":
         f = parse_fields(obj, "quantize", {"bits": int, "node": str, "nodes": dict, "calibration": str})
-        calibration = f.get("calibration", qdq.DEFAULT_CALIBRATION)
-        if calibration not in qdq.CALIBRATION_METHODS:
-            raise PlanError(f"quantize: unknown calibration '{calibration}'; choose one of {', '.join(qdq.CALIBRATION_METHODS)}")
+        calibration = f.get("calibration", activations.DEFAULT_CALIBRATION)
+        if calibration not in activations.CALIBRATION_METHODS:
+            raise PlanError(f"quantize: unknown calibration '{calibration}'; choose one of {', '.join(activations.CALIBRATION_METHODS)}")
         if "nodes" in f:
             if "bits" in f or "node" in f:
                 raise PlanError('quantize takes either "nodes": {layer: bits} or "bits" (with an optional "node"), not both')
@@ -91,7 +91,7 @@ class QuantizeParams:
             out = {"node": self.nodes[0][0], "bits": self.nodes[0][1]}
         else:
             out = {"nodes": dict(self.nodes)}
-        if self.calibration != qdq.DEFAULT_CALIBRATION:
+        if self.calibration != activations.DEFAULT_CALIBRATION:
             out["calibration"] = self.calibration
         return out
 
@@ -120,15 +120,15 @@ def _calibration_subset(data: np.ndarray | None, seed: int) -> np.ndarray | None
 
 
 def quantize(graph: gs.Graph, params: QuantizeParams, ctx: PassContext) -> gs.Graph:
-    stripped = qdq.strip(graph)
+    stripped = forms.strip(graph)
     quantizable = analyze(graph).quantizable
     requested = params.requested(graph, quantizable)
     merged = {**stripped.precisions, **requested}
     precisions = {n: b for n, b in merged.items() if b != 32 and n in quantizable}
     if any(b == 4 for b in precisions.values()):
-        graph = qdq.ensure_opset(graph, qdq.INT4_MIN_OPSET)
+        graph = forms.ensure_opset(graph, forms.INT4_MIN_OPSET)
     elif any(b == 8 for b in precisions.values()):
-        graph = qdq.ensure_opset(graph, qdq.QDQ_MIN_OPSET)  # per-axis DequantizeLinear (canonical models have it)
+        graph = forms.ensure_opset(graph, forms.QDQ_MIN_OPSET)  # per-axis DequantizeLinear (canonical models have it)
     work = qdq.prepare(graph, precisions, stripped)
     data = _calibration_subset(ctx.calibration, ctx.seed)
     if data is None and work.to_calibrate:
@@ -138,4 +138,6 @@ def quantize(graph: gs.Graph, params: QuantizeParams, ctx: PassContext) -> gs.Gr
     return qdq.realize(graph, precisions, work, stripped, data, params.calibration, ctx.seed)
 
 
-register("quantize", QuantizeParams)(quantize)
+# reads and rewrites its own QDQ forms (no float weights needed); the structural passes read float
+# weights, so it comes after them
+register("quantize", QuantizeParams, needs_float_weights=False, terminal=True)(quantize)

@@ -87,7 +87,7 @@ class RunReport:
     seed: int
     classes: tuple[int, ...] | None = None
     max_drop: float = 1.0
-    # per target: the structure families compared by a short fine-tune (compiler/structure.py)
+    # per target: the structure families compared by a short fine-tune (search/structure.py)
     probes: tuple[tuple[Any, ...], ...] = ()
     channel_multiple: int = 1  # kept channel counts were multiples of this where the budget allowed
     measure: Measure = field(default_factory=Measure)  # what every accuracy above is, on which images

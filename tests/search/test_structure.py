@@ -1,9 +1,9 @@
-"""Structure families (compiler/structure.py): which removals are proposed, how probes rank."""
+"""Structure families (search/structure.py): which removals are proposed, how probes rank."""
 
 from __future__ import annotations
 
 from onnxcompress.compiler.onnx_io import canonicalize
-from onnxcompress.compiler.structure import Probe, choose, families
+from onnxcompress.search.structure import Probe, choose, families
 from tests.builders import resnet_like
 
 
