@@ -18,7 +18,7 @@ from torch import Tensor
 from onnxcompress.compiler.errors import ModelError, UnsupportedOpError
 
 # ---------------------------------------------------------------------------------------------
-# Nodes and the op table
+# Nodes and the handler table
 # ---------------------------------------------------------------------------------------------
 
 
