@@ -1,6 +1,6 @@
 """Channel analysis: which channels must shrink together, as a networkx coupling graph.
 
-The op rules of compiler/ops.py run once per node in topological order and talk to a `Tracer`:
+The op rules of compiler/ops/ run once per node in topological order and talk to a `Tracer`:
 
 - a *space* is a set of channels created by one producer (the output channels of a Conv, Gemm or
   MatMul; the untracked inputs of a Concat; the zero channels a Pad adds); each space is a vertex

@@ -1,7 +1,7 @@
 """The IR: what can be compressed in a graph, rebuilt from the ONNX graph after each pass.
 
 `analyze(graph)` builds the networkx graph of the model (compiler/graph.py: ops and tensors as
-typed vertices), runs the per-op channel rules of compiler/ops.py over it in topological order
+typed vertices), runs the per-op channel rules of compiler/ops/ over it in topological order
 (compiler/channels.py: spaces and their coupling graph), and returns an `Analysis`:
 
 - `graph`: the networkx NodeGraph, every tensor vertex annotated with its channel `layout`;

@@ -29,6 +29,8 @@ from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.kd import KDConfig
 from onnxcompress.compiler.metrics import predicted_classes, top1
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, load_model, num_classes, save_model_atomic
+from onnxcompress.budget import PROBE_SHARE, SEARCH_SHARE, TimeBudget, epochs_within
+from onnxcompress.budget import episodes_within as budget_episodes
 from onnxcompress.report import Measure, ModelMetrics, RunReport, StudentReport
 from onnxcompress.compiler.runtime import Latency, compare_latency, make_session, measure_latency, run_batched
 from onnxcompress.compiler.teacher_fit import teacher_fit
@@ -168,10 +170,24 @@ def _default_agent(target: Target) -> str:
     return "ddpg" if structural else "haq"
 
 
-def finetune_config(epochs: int, seed: int, classes: tuple[int, ...] | None, device: str = "cpu") -> FinetuneConfig:
-    # the trainer's defaults (AdamW, small lr) are deliberate: SGD at 0.01 wrecks models fed raw
-    # 0..255 pixels (MLPerf ResNet-8: 77 % -> 28 % in one epoch), AdamW is scale-invariant
-    return FinetuneConfig(epochs=epochs, seed=seed, kd=KDConfig(kinds=("hinton", "attention")), teacher_classes=classes, device=device)
+# training sets from this size on are fine-tuned in batches of LARGE_DATA_BATCH on every core
+LARGE_DATA = 20_000
+LARGE_DATA_BATCH = 64
+
+
+def finetune_config(epochs: int, seed: int, classes: tuple[int, ...] | None, device: str = "cpu", samples: int = 0) -> FinetuneConfig:
+    """The fine-tuning recipe of compress. The trainer's defaults (AdamW, small lr) are
+    deliberate: SGD at 0.01 wrecks models fed raw 0..255 pixels (MLPerf ResNet-8: 77 % -> 28 % in
+    one epoch), AdamW is scale-invariant. With `samples` >= LARGE_DATA training images the batch
+    is 64 and torch uses every core: steps are plentiful there (49,000 images are 765 steps an
+    epoch), and the large batch is what lets a second thread pay. Measured on the CIFAR ResNet-56
+    with 13 blocks removed (AMD EPYC, 2 cores, another job running): 1 epoch over 10,000 images,
+    batch 16 -> 86.5 % and batch 64 -> 85.7 % test top-1 in the same time (397 vs 381 s: a tie
+    on 1,000 test images); per 1,000 images batch 64 takes 9.9 s on 1 thread and 6.0 s on 2,
+    while batch 16 on 2 threads took 97 s (OpenMP threads spinning on small batches)."""
+    large = samples >= LARGE_DATA
+    return FinetuneConfig(epochs=epochs, seed=seed, kd=KDConfig(kinds=("hinton", "attention")), teacher_classes=classes, device=device,
+                          batch_size=LARGE_DATA_BATCH if large else 16, threads=(os.cpu_count() or 1) if large else 1)
 
 
 def compress(
@@ -194,6 +210,7 @@ def compress(
     from onnxcompress.compiler.device import resolve_device
 
     hardware = resolve_device(config.device)
+    budget = TimeBudget(config.time_budget_s) if config.time_budget_s is not None else None
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     model_name = name or (Path(model).name if not isinstance(model, onnx.ModelProto) else "model.onnx")
     # a dynamic input size pinned, a sigmoid head searched and trained as two classes
@@ -232,10 +249,14 @@ def compress(
     if val_measure.kind == "top1":  # (agreement: the warning or the no-labels note above said what it is)
         _say(config.progress, f"teacher: top-1 {100 * teacher_metrics.accuracy:.2f}% on {val_measure.images}")
 
-    outcome = _search(base, teacher, job, config, save_policy, load_policy, hardware)
+    if budget is not None:
+        budget.record("prepare", budget.elapsed())
+        _say(config.progress, f"time budget {budget.total_s / 60:.0f} min: {budget.elapsed():.0f} s spent reading the data and the teacher")
+    outcome = _search(base, teacher, job, config, save_policy, load_policy, hardware, budget)
 
     built: list[tuple[Target, Plan, onnx.ModelProto, float | None]] = []
     ft_wall = 0.0
+    ft_epochs: int | None = None  # the epochs a time budget chose (the first target's)
     for tgt, plan, search_acc in outcome.choices:
         ckpt = config.checkpoint_dir / f"finetune-{tgt.label().replace(',', '_').replace('=', '')}" if config.checkpoint_dir else None
         if ckpt is not None:
@@ -245,17 +266,17 @@ def compress(
         plan, quantization = split_terminal(plan)
         student = apply_plan(base, plan, calibration=job.calibration, seed=config.seed)
         if config.finetune_epochs > 0 and not plan_is_empty(plan):
-            _say(config.progress, f"fine-tuning the student for {tgt.label()} ({config.finetune_epochs} epochs, KD from the teacher)")
-            student, ft = finetune(
-                student,
-                teacher,
-                job.train,
-                job.val,
-                finetune_config(config.finetune_epochs, config.seed, config.classes, hardware.torch),
-                checkpoint_dir=ckpt,
-                progress=config.progress,
-            )
+            ft_config = finetune_config(config.finetune_epochs, config.seed, config.classes, hardware.torch, len(job.train))
+            train = job.train
+            if budget is not None:  # this target's share of what is left
+                ft_config, train = _fit_finetune(student, teacher, job, ft_config, budget, len(outcome.choices) - len(built), config)
+                ft_epochs = ft_epochs if ft_epochs is not None else ft_config.epochs
+            _say(config.progress, f"fine-tuning the student for {tgt.label()} ({ft_config.epochs} epoch{'s' if ft_config.epochs != 1 else ''} over "
+                                  f"{len(train):,} images, batch {ft_config.batch_size}, KD from the teacher)")
+            student, ft = finetune(student, teacher, train, job.val, ft_config, checkpoint_dir=ckpt, progress=config.progress)
             ft_wall += ft.wall_s
+            if budget is not None:
+                budget.record("finetune", ft.wall_s)
         final_plan = prefix.then(plan)
         if not plan_is_empty(quantization):
             student = apply_plan(student, quantization, calibration=job.calibration, seed=config.seed)
@@ -303,7 +324,7 @@ def compress(
         episodes=outcome.episodes,
         evaluations=outcome.evaluations,
         search_wall_s=outcome.wall_s,
-        finetune_epochs=config.finetune_epochs,
+        finetune_epochs=ft_epochs if ft_epochs is not None else config.finetune_epochs,
         finetune_wall_s=ft_wall,
         pareto=tuple((m, prefix.then(p).to_json()) for m, p in outcome.pareto),
         candidates=tuple(outcome.candidates),
@@ -314,6 +335,7 @@ def compress(
         channel_multiple=outcome.channel_multiple,
         measure=val_measure,
         device=hardware.label,
+        time_budget=budget.to_json() if budget is not None else None,
     )
     # the students as the user's teacher was: a single-score head gets its single score back
     return CompressResult(teacher_metrics, tuple(replace(s, model=binary_head.restore_single_score(s.model)) for s in students), report)
@@ -338,8 +360,8 @@ DEFAULT_EPISODES = {"ddpg": 60, "reinforce": 60, "haq": 40, "random": 60, "unifo
 
 
 def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, config: CompressConfig, save_policy, load_policy,
-            hardware=None) -> SearchOutcome:  # noqa: ANN001 - a compiler.device.Device
-    from onnxcompress.search import structure
+            hardware=None, budget: TimeBudget | None = None) -> SearchOutcome:  # noqa: ANN001 - a compiler.device.Device
+    from onnxcompress.search import depth, structure
     from onnxcompress.compiler.hardware import channel_multiple
     from onnxcompress.search.driver import SearchConfig, run_search
     from onnxcompress.search.executors import ExecutorConfig
@@ -368,18 +390,43 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
     executor = ExecutorConfig(kind="ray" if config.executor == "ray" else "local", workers=config.workers, ray_address=config.ray_address)
     structural = all(t.size is None for t in config.targets)
     baseline, baselines = None, []
+    search_start = time.perf_counter()
+    search_allowance = budget.allow("search", SEARCH_SHARE) if budget is not None else None
+    eval_s = None
     if structural and agent != "uniform" and all(t.latency is None for t in config.targets):
         # (latency targets: the search's measured latency model decides, not a MACs-uniform plan)
+        t0 = time.perf_counter()
         search_config, baseline, baselines = _uniform_baseline(base, job, search_config)
-    # structure families (search/structure.py): searches with a residual block removed first,
-    # judged by a short fine-tune; for structural targets, when the student will be fine-tuned.
-    # Agents that decide removals themselves (reinforce) get them too: judged without
-    # fine-tuning, their removal stage learns to keep every unit (bench/results/search.md), so
-    # without families N2N's stage 1 would never remove anything in compress
-    fams = structure.families(base, config.families) if structural and config.finetune_epochs > 0 else [()]
+        eval_s = (time.perf_counter() - t0) / max(1, sum(b.evaluations for b in baselines))
+    # structure families (search/structure.py, search/depth.py): searches with residual blocks
+    # removed first, judged by a short fine-tune; for structural targets, when the student will
+    # be fine-tuned. For a MACs target, the blocks whose removal alone changes the teacher's
+    # outputs least, up to all and half of the reduction asked for; otherwise the largest blocks
+    # one at a time. Agents that decide removals themselves (reinforce) get them too: judged
+    # without fine-tuning, their removal stage learns to keep every unit (bench/results/search.md)
+    fams: list[tuple[str, ...]] = [()]
+    if structural and config.finetune_epochs > 0:
+        macs_target = config.targets[0].macs
+        if macs_target is not None:
+            fams, ranking = depth.depth_families(base, job.val.x, macs_target, config.families)
+            if len(fams) > 1:
+                _say(config.progress, "blocks ranked by what removing each alone changes (least first): "
+                     + ", ".join(f"{d.block} {d.kl:.3g}" for d in ranking[:12]) + (" ..." if len(ranking) > 12 else ""))
+        else:
+            fams = structure.families(base, config.families)
+    fam_episodes = {(): episodes}
+    for removed in fams[1:]:
+        fam_episodes[removed] = max(12, episodes // 3)
+    if budget is not None and eval_s is not None and config.episodes is None:
+        left = max(0.0, search_allowance - (time.perf_counter() - search_start))
+        per_eval = eval_s * 1.3  # an episode's evaluation plus the agent's own work
+        for removed in fams:
+            fam_episodes[removed] = budget_episodes(left, per_eval, len(fams), fam_episodes[removed])
+        budget.note(f"search: {eval_s:.1f} s per evaluation measured; episodes per family "
+                    + ", ".join(f"{'+'.join(r) or 'channels'}: {n}" for r, n in fam_episodes.items()))
     results = []
     for removed in fams:
-        fam_config = replace(search_config, removed=removed, episodes=episodes if not removed else max(12, episodes // 3),
+        fam_config = replace(search_config, removed=removed, episodes=fam_episodes[removed],
                              save_policy=search_config.save_policy if not removed else None)
         name = "search" if not removed else "search-" + "-".join(removed)
         ckpt = str(config.checkpoint_dir / name) if config.checkpoint_dir is not None else None
@@ -398,9 +445,18 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
     def metrics(m) -> ModelMetrics:
         return ModelMetrics(m.macs, m.params, m.size_bytes, m.accuracy, None)
 
+    if budget is not None:
+        budget.record("search", time.perf_counter() - search_start)
     choices, probes = [], []
     probe_start = time.perf_counter()
+    probe_samples = structure.PROBE_SAMPLES
+    if budget is not None:
+        n_probes = sum(1 for k in range(len(config.targets)) if sum(1 for _, r in results if r.best[k].plan is not None) > 1)
+        probe_allowance = budget.allow("probes", PROBE_SHARE)
+        probe_samples = _probe_samples(base, teacher, job, config, hardware, probe_allowance, max(1, n_probes * len(fams)))
+        budget.note(f"probes: {probe_samples} training images each")
     # probes only run with several families, which need fine-tuning (epochs >= 1)
+    # probes see a few thousand images: in batches of 16 (more steps), on one thread
     ft_config = (finetune_config(config.finetune_epochs, config.seed, config.classes, hardware.torch if hardware is not None else "cpu")
                  if config.finetune_epochs > 0 else None)
     for k, tgt in enumerate(config.targets):
@@ -420,15 +476,22 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
             choices.append((tgt, Plan.from_json(best.plan), best.metrics.accuracy if best.metrics else None))
             probes.append(())
             continue
-        scored = []
+        scored, students = [], []
         for removed, best in options:
             student = apply_plan(base, Plan.from_json(best.plan), calibration=job.calibration, seed=config.seed)
-            acc = structure.probe_accuracy(student, teacher, job.train, job.val, ft_config)
+            acc = structure.probe_accuracy(student, teacher, job.train, job.val, ft_config, probe_samples)
             label = ", ".join(removed) + " removed" if removed else "channels only"
             _say(config.progress, f"probe {tgt.label()} [{label}]: {100 * acc:.2f}% after a short fine-tune "
                                   f"({100 * (best.metrics.accuracy or 0):.2f}% before), MACs {best.metrics.macs:,}")
             scored.append(structure.Probe(removed, best.plan, best.metrics.accuracy, acc, best.metrics.macs))
-        pick = structure.choose(scored)
+            students.append(student)
+        # the students' speed, measured side by side with the base: among statistically tied
+        # probes the faster student wins
+        lat = compare_latency([base, *students], job.val.x[:32], rounds=3)
+        speed = {i: lat[0].batch32 / l.batch32 for i, l in enumerate(lat[1:]) if l.batch32 > 0}
+        pick = structure.choose(scored, len(job.val), speed)
+        _say(config.progress, f"structure for {tgt.label()}: " + ("channels only" if not pick.removed else f"{len(pick.removed)} blocks removed")
+             + f" (probe {100 * pick.probe_accuracy:.2f}%, {speed.get(scored.index(pick), 0):.2f}x faster at batch 32)")
         choices.append((tgt, Plan.from_json(pick.plan), pick.search_accuracy))
         probes.append(tuple(scored))
     if len(searched) > 1:
@@ -437,6 +500,8 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
         pareto = pareto_front(unique(c for _, r in searched for c in r.candidates), config.targets[0].primary)
     else:
         pareto = list(main.pareto)
+    if budget is not None:
+        budget.record("probes", time.perf_counter() - probe_start)
     return SearchOutcome(
         choices=tuple(choices),
         pareto=tuple((metrics(c.metrics), Plan.from_json(c.plan)) for c in pareto),
@@ -444,7 +509,7 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
         agent=agent,
         episodes=sum(r.episodes for _, r in searched),
         evaluations=sum(r.evaluations for _, r in searched),
-        wall_s=sum(r.wall_s for _, r in searched) + (time.perf_counter() - probe_start),  # searches + probes
+        wall_s=time.perf_counter() - search_start,  # baseline, block ranking, searches and probes
         probes=tuple(probes),
         channel_multiple=search_config.channel_multiple,
     )
@@ -478,6 +543,50 @@ def _uniform_baseline(base: onnx.ModelProto, job: JobData, search_config):
             best = (score, criterion, result)
     _, criterion, result = best
     return replace(search_config, criterion=criterion), result, results
+
+
+def _sample_seconds(student: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, ft_config: FinetuneConfig, samples: int = 0) -> float:
+    """Seconds per training image of `ft_config`'s recipe on this machine, timed on a short run
+    (a few steps; the time of building the bridge modules counts, as it does in every run)."""
+    n = min(len(job.train), samples or max(4 * ft_config.batch_size, 256))
+    sub = job.train.take(np.arange(n))
+    t0 = time.perf_counter()
+    finetune(student, teacher, sub, None, replace(ft_config, epochs=1, patience=None), progress=False)
+    return (time.perf_counter() - t0) / n
+
+
+def _probe_samples(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, config: CompressConfig, hardware,
+                   seconds: float, probes: int) -> int:
+    """Training images per structure probe that fit `seconds` for `probes` probes (at most the
+    usual PROBE_SAMPLES, at least 500), from a timed run of the probes' recipe on the base."""
+    from onnxcompress.search import structure
+
+    probe_config = finetune_config(1, config.seed, config.classes, hardware.torch if hardware is not None else "cpu")
+    per_image = _sample_seconds(base, teacher, job, probe_config)
+    val_s = per_image * len(job.val) / 3  # the probe scores the validation images once (forward only)
+    fit = int((seconds / probes - val_s) / per_image) if per_image > 0 else structure.PROBE_SAMPLES
+    return max(500, min(structure.PROBE_SAMPLES, fit))
+
+
+def _fit_finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, ft_config: FinetuneConfig, budget: TimeBudget,
+                  targets_left: int, config: CompressConfig) -> tuple[FinetuneConfig, Dataset]:
+    """(the fine-tuning recipe with its epochs, the training images) that fit this target's share
+    of the time left: as many epochs as fit over all the images (up to MAX_BUDGET_EPOCHS), else one
+    epoch over a seeded random subset. Timed on this machine with the recipe itself."""
+    allowance = budget.finetune_allowance() / max(1, targets_left)
+    per_image = _sample_seconds(student, teacher, job, ft_config)
+    # each epoch also scores the validation images (forward only) and recalibrates BatchNorm
+    epoch_s = per_image * (len(job.train) + len(job.val) / 3)
+    epochs, samples = epochs_within(allowance, epoch_s / len(job.train), len(job.train), MAX_BUDGET_EPOCHS)
+    budget.note(f"fine-tuning: {1000 * per_image:.1f} ms per training image measured, {allowance:.0f} s left for it: "
+                f"{epochs} epoch{'s' if epochs != 1 else ''} over {samples:,} of {len(job.train):,} images")
+    train = job.train
+    if samples < len(train):
+        train = train.take(np.sort(np.random.default_rng(config.seed).permutation(len(train))[:samples]))
+    return replace(ft_config, epochs=epochs), train
+
+
+MAX_BUDGET_EPOCHS = 30  # a time budget larger than this many epochs needs ends early instead
 
 
 def _uniform_plan(base: onnx.ModelProto, target: Target) -> Plan:

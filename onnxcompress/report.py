@@ -92,6 +92,7 @@ class RunReport:
     channel_multiple: int = 1  # kept channel counts were multiples of this where the budget allowed
     measure: Measure = field(default_factory=Measure)  # what every accuracy above is, on which images
     device: str = "cpu"  # where fine-tuning and candidate evaluation ran (compiler/device.py)
+    time_budget: dict[str, Any] | None = None  # --time-budget: the plan and what each phase spent (onnxcompress/budget.py)
 
     def to_json(self) -> dict[str, Any]:
         main = self.students[0]
@@ -104,6 +105,7 @@ class RunReport:
                        "channel_multiple": self.channel_multiple, "families": [[p.to_json() for p in per_target] for per_target in self.probes]},
             "finetune": {"epochs": self.finetune_epochs, "wall_s": round(self.finetune_wall_s, 2)},
             "device": self.device,
+            "time_budget": self.time_budget,
             "pareto": [dict(m.to_json(), plan=p) for m, p in self.pareto],
             "target": main.target,
             "seed": self.seed,
@@ -182,6 +184,13 @@ def to_markdown(report: RunReport, png_name: str | None) -> str:
         f"Fine-tuning: {report.finetune_epochs} epochs, {report.finetune_wall_s:.1f} s. Seed {report.seed}. Accuracy budget: {report.max_drop} points.",
         "",
     ]
+    if report.time_budget:
+        tb = report.time_budget
+        lines += [f"Time budget {tb['budget_s'] / 60:.1f} min, {tb['elapsed_s'] / 60:.1f} min used when the report was made:", "",
+                  "| phase | planned s | spent s |", "|---|---|---|"]
+        for phase in dict.fromkeys([*tb["spent_s"], *tb["planned_s"]]):
+            lines.append(f"| {phase} | {tb['planned_s'].get(phase, '—')} | {tb['spent_s'].get(phase, '—')} |")
+        lines += [""] + [f"- {n}" for n in tb["notes"]] + [""]
     for s, probes in zip(report.students, report.probes):
         if probes:
             name = report.measure.name

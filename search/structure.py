@@ -58,17 +58,27 @@ def families(model: onnx.ModelProto, limit: int) -> list[tuple[str, ...]]:
     return [()] + [(u.id,) for u in blocks[: limit - 1]]
 
 
-def probe_accuracy(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, val: Dataset, config: FinetuneConfig) -> float:
+def probe_accuracy(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, val: Dataset, config: FinetuneConfig,
+                   samples: int = PROBE_SAMPLES) -> float:
     """Validation accuracy of `student` after a short KD fine-tune with `config`'s recipe (its
-    epochs replaced by PROBE_EPOCHS over at most PROBE_SAMPLES training samples)."""
-    if len(train) > PROBE_SAMPLES:  # a seeded random subset, in the data's order
-        train = train.take(np.sort(np.random.default_rng(config.seed).permutation(len(train))[:PROBE_SAMPLES]))
+    epochs replaced by PROBE_EPOCHS over at most `samples` training samples)."""
+    if len(train) > samples:  # a seeded random subset, in the data's order
+        train = train.take(np.sort(np.random.default_rng(config.seed).permutation(len(train))[:samples]))
     probe = replace(config, epochs=PROBE_EPOCHS, patience=None)
     _, result = finetune(student, teacher, train, val, probe, progress=False)
     last = result.history[-1].val_accuracy if result.history else None
     return float(last if last is not None else (result.best_val_accuracy or 0.0))
 
 
-def choose(probes: list[Probe]) -> Probe:
-    """The best probe accuracy; among equals (within one validation image), the fewest MACs."""
-    return max(probes, key=lambda p: (round(p.probe_accuracy, 3), -p.macs))
+def choose(probes: list[Probe], val_size: int = 1000, speed: dict[int, float] | None = None) -> Probe:
+    """The best probe accuracy. Among the probes within one standard error of the best (a probe
+    is a short fine-tune scored on `val_size` images: closer than that is noise), the fastest by
+    `speed` (probe index -> measured speed-up over the teacher; the student is for running
+    faster, and a removed block is real time while thin layers often are not), else the fewest
+    MACs."""
+    best = max(p.probe_accuracy for p in probes)
+    se = max(1.0 / max(val_size, 1), float(np.sqrt(max(best * (1.0 - best), 0.0) / max(val_size, 1))))
+    tied = [i for i, p in enumerate(probes) if p.probe_accuracy >= best - se]
+    if speed:
+        return probes[max(tied, key=lambda i: (speed.get(i, 0.0), -probes[i].macs))]
+    return probes[max(tied, key=lambda i: (round(probes[i].probe_accuracy, 3), -probes[i].macs))]
