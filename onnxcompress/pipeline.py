@@ -489,6 +489,7 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
         # probes the faster student wins
         lat = compare_latency([base, *students], job.val.x[:32], rounds=3)
         speed = {i: lat[0].batch32 / l.batch32 for i, l in enumerate(lat[1:]) if l.batch32 > 0}
+        scored = [replace(p, speedup=speed.get(i)) for i, p in enumerate(scored)]
         pick = structure.choose(scored, len(job.val), speed)
         _say(config.progress, f"structure for {tgt.label()}: " + ("channels only" if not pick.removed else f"{len(pick.removed)} blocks removed")
              + f" (probe {100 * pick.probe_accuracy:.2f}%, {speed.get(scored.index(pick), 0):.2f}x faster at batch 32)")

@@ -42,10 +42,12 @@ class Probe:
     search_accuracy: float | None  # without fine-tuning (the search's evaluation)
     probe_accuracy: float  # validation accuracy after the probe fine-tune
     macs: int
+    speedup: float | None = None  # measured batch-32 speed-up over the base (teacher), when timed
 
     def to_json(self) -> dict:
         return {"removed": list(self.removed), "plan": self.plan, "search_accuracy": self.search_accuracy,
-                "probe_accuracy": round(self.probe_accuracy, 6), "macs": int(self.macs)}
+                "probe_accuracy": round(self.probe_accuracy, 6), "macs": int(self.macs),
+                "speedup": None if self.speedup is None else round(self.speedup, 3)}
 
 
 def families(model: onnx.ModelProto, limit: int) -> list[tuple[str, ...]]:
@@ -70,15 +72,20 @@ def probe_accuracy(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Da
     return float(last if last is not None else (result.best_val_accuracy or 0.0))
 
 
+def tied_with_best(probes: list[Probe], val_size: int) -> list[int]:
+    """Indices of the probes within one standard error (at least one image) of the best."""
+    best = max(p.probe_accuracy for p in probes)
+    se = max(1.0 / max(val_size, 1), float(np.sqrt(max(best * (1.0 - best), 0.0) / max(val_size, 1))))
+    return [i for i, p in enumerate(probes) if p.probe_accuracy >= best - se]
+
+
 def choose(probes: list[Probe], val_size: int = 1000, speed: dict[int, float] | None = None) -> Probe:
     """The best probe accuracy. Among the probes within one standard error of the best (a probe
     is a short fine-tune scored on `val_size` images: closer than that is noise), the fastest by
     `speed` (probe index -> measured speed-up over the teacher; the student is for running
     faster, and a removed block is real time while thin layers often are not), else the fewest
     MACs."""
-    best = max(p.probe_accuracy for p in probes)
-    se = max(1.0 / max(val_size, 1), float(np.sqrt(max(best * (1.0 - best), 0.0) / max(val_size, 1))))
-    tied = [i for i, p in enumerate(probes) if p.probe_accuracy >= best - se]
+    tied = tied_with_best(probes, val_size)
     if speed:
         return probes[max(tied, key=lambda i: (speed.get(i, 0.0), -probes[i].macs))]
     return probes[max(tied, key=lambda i: (round(probes[i].probe_accuracy, 3), -probes[i].macs))]

@@ -54,12 +54,18 @@ def test_compress_writes_student_and_report(job):
     assert doc["device"] == "cpu"  # --device auto on a machine without CUDA
     assert set(doc["search"]) >= {"agent", "episodes", "evaluations", "wall_s"} and doc["finetune"]["epochs"] == 1
     assert doc["plan"]["passes"] and doc["target"] == {"macs": 0.5}
-    # structure families: channel cuts alone and with each of the two largest residual blocks
-    # removed, each probed by a short fine-tune; the best probe (then fewest MACs) is the student
+    # structure families: channel cuts alone, and with the residual blocks whose removal changes
+    # the teacher least removed first (search/depth.py), each probed by a short fine-tune; among
+    # the probes within one standard error of the best, the fastest measured is the student
     (families,) = doc["search"]["families"]
-    assert [len(f["removed"]) for f in families] == [0, 1, 1]
-    best = max(families, key=lambda f: (round(f["probe_accuracy"], 3), -f["macs"]))
-    assert doc["plan"] == best["plan"]
+    assert families[0]["removed"] == [] and all(f["removed"] for f in families[1:]) and len(families) >= 2
+    assert len({tuple(f["removed"]) for f in families}) == len(families)
+    n_val = 120  # compress holds out a fifth of the 600 images
+    top = max(f["probe_accuracy"] for f in families)
+    se = max(1 / n_val, (top * (1 - top) / n_val) ** 0.5)
+    tied = [f for f in families if f["probe_accuracy"] >= top - se]
+    assert all(f["speedup"] > 0 for f in families)
+    assert doc["plan"] == max(tied, key=lambda f: (f["speedup"], -f["macs"]))["plan"]
     png = rep.with_suffix(".png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert "| teacher |" in rep.with_suffix(".md").read_text()
