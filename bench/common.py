@@ -12,13 +12,26 @@ ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("ONNXCOMPRESS_REALDATA", ROOT.parent / "shared" / "realdata"))
 RESULTS = ROOT / "bench" / "results"
 RESNET8 = REALDATA / "models" / "cifar10_resnet8_mlperftiny_tf2onnx.onnx"
-CIFAR_TRAIN = REALDATA / "data" / "cifar10_train10k_jpeg.npz"
+CIFAR_TRAIN_LOSSLESS = REALDATA / "data" / "cifar10_train_lossless.npz"
+# the first 10,000 lossless training images: the like-for-like replacement of the former JPEG 10k
+# subset (cifar10_train10k_jpeg.npz, removed from ../shared); written by require_realdata()
+CIFAR_TRAIN = ROOT / "bench" / ".cache" / "cifar10_train_first10k_lossless.npz"
 CIFAR_TEST = REALDATA / "data" / "cifar10_test_jpeg.npz"
 
 
 def require_realdata() -> None:
     if not REALDATA.exists():
         raise SystemExit(f"benchmarks need the real models and data in {REALDATA} (../shared/realdata)")
+    ensure_cifar_train()
+
+
+def ensure_cifar_train() -> Path:
+    """CIFAR_TRAIN, cut once from cifar10_train_lossless.npz (written atomically)."""
+    if not CIFAR_TRAIN.exists():
+        from onnxcompress.models.train import first_images
+
+        first_images(CIFAR_TRAIN_LOSSLESS, 10_000, CIFAR_TRAIN)
+    return CIFAR_TRAIN
 
 
 def machine() -> str:

@@ -37,11 +37,13 @@ from onnxcompress.search.evaluator import Evaluator, EvaluatorSpec
 from onnxcompress.search.executors import make_executor
 from onnxcompress.search.space import SearchSpace
 
+from bench.common import CIFAR_TRAIN, ensure_cifar_train  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("ONNXCOMPRESS_REALDATA", ROOT.parent / "shared" / "realdata"))
 RESNET8 = REALDATA / "models" / "cifar10_resnet8_mlperftiny_tf2onnx.onnx"
 TEST = REALDATA / "data" / "cifar10_test_jpeg.npz"
-TRAIN = REALDATA / "data" / "cifar10_train10k_jpeg.npz"
+TRAIN = CIFAR_TRAIN  # the first 10k lossless training images (bench/common.py)
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,7 @@ def write_markdown(path: Path, command: str, tasks: list[tuple[Task, list[dict]]
 
 
 def main(argv: list[str] | None = None) -> int:
+    ensure_cifar_train()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--agents", default="ddpg,reinforce,uniform,random,greedy")
     p.add_argument("--episodes", type=int, default=64)

@@ -393,7 +393,7 @@ def test_resnet8_int8_top1_within_two_points():
 
     _, model = load_canonical(realdata_path("models", "cifar10_resnet8_mlperftiny_tf2onnx.onnx"))
     spec, pre = InputSpec.from_model(model), Preprocess(scale=1.0)  # raw 0..255 pixels
-    train = load_data(realdata_path("data", "cifar10_train10k_jpeg.npz"), spec, pre, limit=256)
+    train = load_data(realdata_path("data", "cifar10_train_lossless.npz"), spec, pre, limit=256)
     test = load_data(realdata_path("data", "cifar10_test_jpeg.npz"), spec, pre, limit=500)
     q = _quantize(model, [{"bits": 8}], train.x)
     top1 = {k: float((_run(m, test.x).argmax(1) == test.y).mean()) for k, m in (("fp32", model), ("int8", q))}
