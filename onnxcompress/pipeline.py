@@ -10,6 +10,7 @@ logits at the kept classes).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -27,7 +28,7 @@ from onnxcompress.compiler.cost import model_cost
 from onnxcompress.compiler.data import Dataset, InputSpec, Preprocess, as_classifier, load_data
 from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.kd import KDConfig
-from onnxcompress.compiler.metrics import predicted_classes, top1
+from onnxcompress.compiler.metrics import top1
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, is_quantized, load_model, num_classes, save_model_atomic
 from onnxcompress.budget import PROBE_SHARE, SEARCH_SHARE, TimeBudget, epochs_within
 from onnxcompress.budget import episodes_within as budget_episodes

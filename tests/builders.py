@@ -125,3 +125,35 @@ def conv_macs(model: onnx.ModelProto) -> int:
             rows = int(np.prod(shapes[n.output[0]][1:-1])) if n.op_type == "MatMul" and n.output[0] in shapes else 1
             total += int(np.prod(inits[n.input[1]].shape)) * rows
     return total
+
+
+def silence_and_prune(model: onnx.ModelProto, gid: str, drop: list[int]) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(the model with channels `drop` of group `gid` zeroed at every producer's weights and
+    biases, that model with those channels pruned): a lossless cut must give the same outputs
+    as the silenced model."""
+    from onnxcompress.compiler.ir import analyze, keep_by_space
+    from onnxcompress.compiler.onnx_io import import_graph
+    from onnxcompress.passes import Plan, apply_plan
+
+    a = analyze(import_graph(model))
+    g = a.group(gid)
+    keep = np.asarray([c for c in range(g.channels) if c not in drop])
+    by_space = keep_by_space(a, {gid: keep})
+    silenced = onnx.ModelProto()
+    silenced.CopyFrom(model)
+    inits = {i.name: i for i in silenced.graph.initializer}
+    nodes = {n.name: n for n in silenced.graph.node}
+    for s in a.slices:
+        if s.role not in ("out", "param", "dw", "bn_scale") or not set(s.layout.spaces) & set(g.spaces):
+            continue
+        if nodes[s.node].op_type in ("BatchNormalization", "LayerNormalization", "InstanceNormalization"):
+            continue  # normalisation shifts: a zero producer row already silences the channel before them
+        init = inits[nodes[s.node].input[s.input_index]]
+        w = onnx.numpy_helper.to_array(init).copy()
+        kept = set(s.layout.indices(by_space).tolist())
+        index = [slice(None)] * w.ndim
+        index[s.axis] = [i for i in range(w.shape[s.axis]) if i not in kept]
+        w[tuple(index)] = 0.0
+        init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
+    pruned = apply_plan(silenced, Plan.from_json({"passes": [{"pass": "prune_channels", "group": gid, "indices": keep.tolist()}]}))
+    return silenced, pruned

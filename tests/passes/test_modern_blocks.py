@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from onnxcompress.compiler.cost import SearchCost, model_cost
-from onnxcompress.compiler.ir import analyze, keep_by_space
+from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph
 from onnxcompress.compiler.runtime import make_session
 from onnxcompress.passes import Plan, apply_plan
-from tests.builders import conv_macs
+from tests.builders import conv_macs, silence_and_prune
 
 X = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
 
@@ -41,33 +41,6 @@ def _export(net: nn.Module, tmp_path, name: str) -> onnx.ModelProto:
 def run(model, x=X):
     s = make_session(model)
     return s.run(None, {s.get_inputs()[0].name: x})[0]
-
-
-def silence_and_prune(model: onnx.ModelProto, gid: str, drop: list[int]) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """(the model with channels `drop` of group `gid` zeroed at every producer's weights and
-    biases, that model with those channels pruned)."""
-    a = analyze(import_graph(model))
-    g = a.group(gid)
-    keep = np.asarray([c for c in range(g.channels) if c not in drop])
-    by_space = keep_by_space(a, {gid: keep})
-    silenced = onnx.ModelProto()
-    silenced.CopyFrom(model)
-    inits = {i.name: i for i in silenced.graph.initializer}
-    nodes = {n.name: n for n in silenced.graph.node}
-    for s in a.slices:
-        if s.role not in ("out", "param", "dw", "bn_scale") or not set(s.layout.spaces) & set(g.spaces):
-            continue
-        if nodes[s.node].op_type in ("BatchNormalization", "LayerNormalization", "InstanceNormalization"):
-            continue  # normalisation shifts: a zero producer row already silences the channel before them
-        init = inits[nodes[s.node].input[s.input_index]]
-        w = onnx.numpy_helper.to_array(init).copy()
-        kept = set(s.layout.indices(by_space).tolist())
-        index = [slice(None)] * w.ndim
-        index[s.axis] = [i for i in range(w.shape[s.axis]) if i not in kept]
-        w[tuple(index)] = 0.0
-        init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
-    pruned = apply_plan(silenced, Plan.from_json({"passes": [{"pass": "prune_channels", "group": gid, "indices": keep.tolist()}]}))
-    return silenced, pruned
 
 
 # ------------------------------------------------------------------------------------------------

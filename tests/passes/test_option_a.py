@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from onnxcompress.compiler.cost import SearchCost, model_cost
-from onnxcompress.compiler.ir import analyze, keep_by_space
+from onnxcompress.compiler.ir import analyze
 from onnxcompress.compiler.onnx_io import canonicalize, import_graph, load_model
 from onnxcompress.compiler.runtime import make_session
 from onnxcompress.passes import Plan, apply_plan
-from tests.builders import conv_macs
+from tests.builders import conv_macs, silence_and_prune
 from tests.conftest import realdata_path
 
 
@@ -78,32 +78,6 @@ def run(model, x=X):
     return s.run(None, {s.get_inputs()[0].name: x})[0]
 
 
-def _zero_and_prune(model: onnx.ModelProto, gid: str, drop: list[int]) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """(the model with channels `drop` of group `gid` silenced at every producer, that model with
-    those channels pruned away)."""
-    a = analyze(import_graph(model))
-    g = a.group(gid)
-    keep = np.asarray([c for c in range(g.channels) if c not in drop])
-    by_space = keep_by_space(a, {gid: keep})
-    silenced = onnx.ModelProto()
-    silenced.CopyFrom(model)
-    inits = {i.name: i for i in silenced.graph.initializer}
-    nodes = {n.name: n for n in silenced.graph.node}
-    for s in a.slices:
-        if s.role not in ("out", "param") or not set(s.layout.spaces) & set(g.spaces):
-            continue
-        init = inits[nodes[s.node].input[s.input_index]]
-        w = onnx.numpy_helper.to_array(init).copy()
-        kept = set(s.layout.indices(by_space).tolist())
-        gone = [i for i in range(w.shape[s.axis]) if i not in kept]
-        index = [slice(None)] * w.ndim
-        index[s.axis] = gone
-        w[tuple(index)] = 0.0
-        init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
-    pruned = apply_plan(silenced, Plan.from_json({"passes": [{"pass": "prune_channels", "group": gid, "indices": keep.tolist()}]}))
-    return silenced, pruned
-
-
 def _stream_groups(a) -> list:
     """Groups that cross a Pad: the residual stream's parts."""
     pads = {f.node for f in a.pad_fixes}
@@ -127,7 +101,7 @@ def test_cut_through_pad_and_slice_is_lossless(option_a, which):
     a = analyze(import_graph(option_a))
     g = _stream_groups(a)[which]
     drop = [0, g.channels - 1] if g.channels > 4 else [1]
-    silenced, pruned = _zero_and_prune(option_a, g.id, drop)
+    silenced, pruned = silence_and_prune(option_a, g.id, drop)
     assert not np.allclose(run(silenced), run(option_a))  # the silenced channels did matter
     np.testing.assert_allclose(run(pruned), run(silenced), rtol=1e-4, atol=1e-5)
     assert model_cost(pruned).macs == SearchCost(a).macs({g.id: g.channels - len(drop)}) == conv_macs(pruned)
@@ -158,7 +132,7 @@ def test_real_resnet20_stream_prunable_and_lossless():
     assert [g.id for g in a.groups if not g.prunable] == [a.groups[-1].id]  # the logits only
     x = np.load(realdata_path("models", "cifar10_resnet20_akamaster.ref_io.npz"))["input"]
     stream = max(_stream_groups(a), key=lambda g: len(g.members))
-    silenced, pruned = _zero_and_prune(model, stream.id, [0, 5, 9])
+    silenced, pruned = silence_and_prune(model, stream.id, [0, 5, 9])
     s1, s2 = make_session(silenced), make_session(pruned)
     np.testing.assert_allclose(s2.run(None, {"input": x})[0], s1.run(None, {"input": x})[0], rtol=1e-4, atol=1e-4)
     half = apply_plan(model, Plan.from_json({"passes": [{"pass": "prune_channels", "ratio": 0.5}]}))
