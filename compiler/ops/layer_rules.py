@@ -10,8 +10,8 @@ import onnx_graphsurgeon as gs
 if TYPE_CHECKING:  # pragma: no cover
     from onnxcompress.compiler.channels import Tracer
 
-from onnxcompress.compiler.ops.layout import ChannelLayout, DimRef, Segment
-from onnxcompress.compiler.ops.table import _register, _tracked, const, is_depthwise, norm_axis, rank_of, shape_of
+from onnxcompress.compiler.ops.layout import ChannelLayout, Segment
+from onnxcompress.compiler.ops.table import _register, const, is_depthwise, rank_of
 
 
 # ----------------------------------------------------------------------------------------------

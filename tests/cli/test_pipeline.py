@@ -117,3 +117,15 @@ def test_compress_options_are_the_config_fields():
     config = CompressConfig.from_options(["macs=0.5", "size=0.3"], classes=[2, 0], checkpoint_dir="ck", seed=4)
     assert config.classes == (2, 0) and str(config.checkpoint_dir) == "ck" and len(config.targets) == 2
     assert config.with_options("macs=0.2", agent="ddpg").targets[0].macs == 0.2 and config.with_options(agent="ddpg").seed == 4
+
+
+def test_large_training_sets_fine_tune_in_large_batches_on_every_core():
+    import os
+
+    from onnxcompress.pipeline import LARGE_DATA, finetune_config
+
+    small = finetune_config(3, 0, None, "cpu", 5_000)
+    large = finetune_config(3, 0, None, "cpu", LARGE_DATA)
+    assert (small.batch_size, small.threads) == (16, 1)
+    assert (large.batch_size, large.threads) == (64, os.cpu_count() or 1)
+    assert finetune_config(3, 0, None).batch_size == 16  # probes: the small-data recipe
