@@ -36,8 +36,8 @@ def test_a_student_slower_than_its_teacher_is_said_so():
 @pytest.mark.slow
 def test_agents_that_remove_units_also_get_structure_families(tmp_path):
     """N2N's REINFORCE decides removals itself, but judged without fine-tuning it learns to keep
-    every unit; compress therefore runs it on the structure families too (a block removed first,
-    each family probed by a short fine-tune), as it does the channel-only agents."""
+    every unit; compress therefore runs it on the structure families too (the least damaging
+    blocks removed first, each family probed by a short fine-tune), as it does the channel-only agents."""
     import numpy as np
     import onnx
 
@@ -52,7 +52,7 @@ def test_agents_that_remove_units_also_get_structure_families(tmp_path):
     np.savez(tmp_path / "train.npz", x=x, y=y)
     result = compress(tmp_path / "t.onnx", tmp_path / "train.npz", "macs=0.5", agent="reinforce", episodes=4, finetune_epochs=1, progress=False)
     (probes,) = result.report.probes
-    assert [len(p.removed) for p in probes] == [0, 1, 1]
+    assert len(probes) >= 2 and probes[0].removed == () and all(p.removed for p in probes[1:])
     assert result.students[0].metrics.macs <= 0.5 * result.teacher.macs
 
 
