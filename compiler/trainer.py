@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,6 +97,10 @@ class FinetuneConfig:
     bn_calibration_batches: int = 4
     eval_batch_size: int = 256
     threads: int | None = 1  # torch intra-op threads for the run (None: torch's default)
+    # a wall-clock limit for the whole run (seconds; None: none): after every epoch the epochs
+    # still to come are cut to those that fit at the measured epoch time, and the cosine
+    # schedule ends with them (a time budget's plan is an estimate; this keeps it)
+    time_limit_s: float | None = None
     device: str = "cpu"  # torch device of the run ("cuda": compiler/device.py resolves --device)
 
     @property
@@ -607,6 +611,12 @@ def finetune(
                 run.stopped = config.patience is not None and run.bad_epochs >= config.patience
             stats = EpochStats(run.epoch, loss, acc, val_acc, lr, train_s, time.perf_counter() - e0)
             run.history.append(asdict(stats))
+            if config.time_limit_s is not None and run.epoch < config.epochs:
+                left = config.time_limit_s - (time.perf_counter() - t0)
+                fit = int(left // max(stats.seconds, 1e-9))
+                if run.epoch + fit < config.epochs:  # the rest of the plan does not fit: end sooner
+                    config = replace(config, epochs=run.epoch + max(0, fit))
+                    run.stopped = run.stopped or fit <= 0
             if ckpt_path is not None:
                 _save_checkpoint(ckpt_path, run.payload(fingerprint, run.wall_before + time.perf_counter() - t0))
         if run.best_state is not None:

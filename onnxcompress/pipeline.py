@@ -548,10 +548,13 @@ def _uniform_baseline(base: onnx.ModelProto, job: JobData, search_config):
 
 
 def _sample_seconds(student: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, ft_config: FinetuneConfig) -> float:
-    """Seconds per training image of `ft_config`'s recipe on this machine: two short runs of 2 and
-    6 batches, so that what every run pays once (building the PyTorch modules, recalibrating
-    BatchNorm) is not spread over the images. (Timing one short run overestimated the ResNet-56
-    student's epoch by ~45 %: 6 epochs planned where 9 fitted.)"""
+    """Seconds per training image of `ft_config`'s recipe on this machine: after a warm-up run,
+    two short runs of 2 and 6 batches, so that what every run pays once (building the PyTorch
+    modules, recalibrating BatchNorm) is not spread over the images. An estimate: the trainer's
+    time limit corrects the plan after the first epoch. (Timing one short run overestimated the
+    ResNet-56 student's epoch by ~45 %; two runs without a warm-up underestimated it by ~40 %.)"""
+    warm = job.train.take(np.arange(min(len(job.train), ft_config.batch_size)))
+    finetune(student, teacher, warm, None, replace(ft_config, epochs=1, patience=None), progress=False)
     times = []
     for batches in (2, 6):
         n = min(len(job.train), batches * ft_config.batch_size)
@@ -592,7 +595,9 @@ def _fit_finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, job: JobDa
     train = job.train
     if samples < len(train):
         train = train.take(np.sort(np.random.default_rng(config.seed).permutation(len(train))[:samples]))
-    return replace(ft_config, epochs=epochs), train
+    # the plan is an estimate: the trainer cuts the epochs still to come when the measured epoch
+    # time says they would overrun what is left (its time limit)
+    return replace(ft_config, epochs=epochs, time_limit_s=max(1.0, budget.finetune_allowance() / max(1, targets_left))), train
 
 
 MAX_BUDGET_EPOCHS = 30  # a time budget larger than this many epochs needs ends early instead

@@ -297,3 +297,34 @@ def test_input_validation(teacher: onnx.ModelProto) -> None:
     with pytest.raises(DataError, match="out of range"):
         finetune(tiny_cnn(classes=2), teacher, Dataset(TRAIN.x), None,
                  dataclasses.replace(FAST, teacher_classes=(0, 9)), progress=False)
+
+
+def test_time_limit_cuts_the_epochs_that_would_overrun(monkeypatch):
+    """With a time limit, the epochs still to come shrink to those that fit at the measured epoch
+    time: on a clock where every epoch takes 10 s, a 25 s limit ends a 50-epoch plan after 2, and
+    the cosine schedule ends with them (the last epoch's learning rate is near 0). Deterministic: the
+    trainer's clock is replaced."""
+    from dataclasses import replace as _replace
+
+    from onnxcompress.compiler import trainer as tr
+    from onnxcompress.compiler.trainer import FinetuneConfig, finetune
+    from tests.builders import resnet_like
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(tr.time, "perf_counter", lambda: clock["t"])
+    real_epoch = tr._train_epoch
+
+    def ten_second_epoch(*args, **kwargs):
+        out = real_epoch(*args, **kwargs)
+        clock["t"] += 10.0
+        return out
+
+    monkeypatch.setattr(tr, "_train_epoch", ten_second_epoch)
+    teacher = resnet_like(width=8, blocks=1)
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.standard_normal((64, 3, 8, 8)).astype(np.float32), rng.integers(0, 10, 64))
+    _, limited = finetune(teacher, teacher, data, None, _replace(FinetuneConfig(epochs=50), time_limit_s=25.0), progress=False)
+    assert limited.epochs_run == 2
+    assert limited.history[-1].lr < 0.05 * FinetuneConfig().base_lr
+    _, unlimited = finetune(teacher, teacher, data, None, FinetuneConfig(epochs=3), progress=False)
+    assert unlimited.epochs_run == 3
