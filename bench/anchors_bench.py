@@ -55,7 +55,7 @@ import onnx
 
 from bench import peers_bench as peers
 from bench.common import REALDATA, RESULTS, header, require_realdata, table, write_result
-from bench.peers_bench import Row, mcnemar
+from bench.peers_bench import Row, copy_onnx_weights, mcnemar
 
 MODELS = {
     "resnet20": ("cifar10_resnet20_akamaster.onnx", "ResNet-20 (akamaster, CIFAR-10)", 3),
@@ -240,32 +240,12 @@ def torch_teacher(b: Bench):
     """The PyTorch akamaster ResNet carrying the ONNX teacher's weights (Conv/Gemm initializers in
     execution order, each shape checked), verified against onnxruntime on real test images."""
     import torch
-    from onnx import numpy_helper
-    from torch import nn
 
     from onnxcompress.compiler.runtime import make_session, run_batched
 
     model = onnx.load(str(b.task.teacher_path))
-    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    nodes = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
     module = akamaster_resnet(MODELS[b.key][2])
-    order = []
-    hooks = [m.register_forward_hook(lambda m, i, o: order.append(m)) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        module(torch.zeros(1, 3, 32, 32))
-    for h in hooks:
-        h.remove()
-    if len(order) != len(nodes):
-        raise ValueError(f"{b.task.teacher_path.name}: {len(nodes)} Conv/Gemm nodes, the PyTorch ResNet has {len(order)} layers")
-    with torch.no_grad():
-        for node, layer in zip(nodes, order):
-            w, bias = weights[node.input[1]], weights[node.input[2]]
-            if node.op_type == "Gemm" and any(a.name == "transB" and a.i == 0 for a in node.attribute):
-                w = w.T
-            if tuple(w.shape) != tuple(layer.weight.shape):
-                raise ValueError(f"{node.name}: weight {w.shape} vs {tuple(layer.weight.shape)}")
-            layer.weight.copy_(torch.tensor(w))
-            layer.bias.copy_(torch.tensor(bias))
+    copy_onnx_weights(module, model, (1, 3, 32, 32), b.task.teacher_path.name)
     module.eval()
     x = np.asarray(b.task.test.x[:16])
     expected = run_batched(make_session(b.task.teacher), x)

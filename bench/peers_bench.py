@@ -191,40 +191,49 @@ def _torch_teacher(task: Task):
     return module.eval(), nhwc
 
 
-def _zoo_from_onnx(arch: str, path: Path):
-    """models/'s `arch` with BN folded (convs with bias), weights copied from the ONNX teacher (an
-    export of the same architecture by models/export.py) in execution order (each copy checks
-    the shape)."""
+def copy_onnx_weights(module, model: onnx.ModelProto, input_shape: tuple[int, ...], what: str) -> None:
+    """Copies the Conv/Gemm weights and biases of `model` into `module`'s Conv2d/Linear layers in
+    execution order (a forward pass on zeros records it), checking every shape; a layer without a
+    bias gets one. Used for the PyTorch twins of ONNX teachers that Torch-Pruning needs."""
     import torch
     from onnx import numpy_helper
     from torch import nn
 
-    from onnxcompress.models.export import fold_batchnorm
-    from onnxcompress.models.zoo import build
-
-    model = onnx.load(str(path))
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    onnx_layers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
-    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    classes = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim][-1]
-    module = fold_batchnorm(build(arch, classes, dims[1], dims[2]))
+    nodes = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
     order: list[nn.Module] = []
     hooks = [m.register_forward_hook(lambda m, i, o: order.append(m)) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     with torch.no_grad():
-        module(torch.zeros(1, dims[1], dims[2], dims[3]))
+        module(torch.zeros(*input_shape))
     for h in hooks:
         h.remove()
-    if len(order) != len(onnx_layers):
-        raise ValueError(f"{path}: {len(onnx_layers)} Conv/Gemm nodes but {arch} has {len(order)} layers")
+    if len(order) != len(nodes):
+        raise ValueError(f"{what}: {len(nodes)} Conv/Gemm nodes but the PyTorch module has {len(order)} layers")
     with torch.no_grad():
-        for node, layer in zip(onnx_layers, order):
+        for node, layer in zip(nodes, order):
             w, b = weights[node.input[1]], weights[node.input[2]]
+            if node.op_type == "Gemm" and not any(a.name == "transB" and a.i == 1 for a in node.attribute):
+                w = w.T
             if tuple(w.shape) != tuple(layer.weight.shape):
-                raise ValueError(f"{path}: {node.name} weight {w.shape} vs {tuple(layer.weight.shape)}")
+                raise ValueError(f"{what}: {node.name} weight {w.shape} vs {tuple(layer.weight.shape)}")
             layer.weight.copy_(torch.tensor(w))
             if layer.bias is None:
                 layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0]))
             layer.bias.copy_(torch.tensor(b))
+
+
+def _zoo_from_onnx(arch: str, path: Path):
+    """models/'s `arch` with BN folded (convs with bias), weights copied from the ONNX teacher (an
+    export of the same architecture by models/export.py) in execution order (each copy checks
+    the shape)."""
+    from onnxcompress.models.export import fold_batchnorm
+    from onnxcompress.models.zoo import build
+
+    model = onnx.load(str(path))
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    classes = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim][-1]
+    module = fold_batchnorm(build(arch, classes, dims[1], dims[2]))
+    copy_onnx_weights(module, model, (1, dims[1], dims[2], dims[3]), str(path))
     return module.eval()
 
 

@@ -88,8 +88,10 @@ def _gather(node: gs.Node, ins, tr: "Tracer"):
 
 
 
-def _flatten_layout(x: ChannelLayout, in_shape: tuple, start: int, node: gs.Node, tr: "Tracer") -> ChannelLayout | None:
-    """Layout after flattening dims [start:] of a tensor into one axis (`start`)."""
+def _flatten_layout(x: ChannelLayout, in_shape: tuple, start: int, node: gs.Node, tr: "Tracer",
+                    fix_target: bool = True) -> ChannelLayout | None:
+    """Layout after flattening dims [start:] of a tensor into one axis (`start`). A Reshape's
+    constant target is rewritten after a cut (`fix_target`); a computed one adapts by itself."""
     block = in_shape[start:]
     if x.block is not None or any(not isinstance(d, int) for d in block):
         tr.freeze(x, f"{node.op} '{node.name}' flattens a block of unknown or nested shape")
@@ -98,7 +100,7 @@ def _flatten_layout(x: ChannelLayout, in_shape: tuple, start: int, node: gs.Node
         tr.freeze(x, f"{node.op} '{node.name}' folds the channel axis into the batch")
         return None
     tr.member(x, node)
-    if node.op == "Reshape":
+    if node.op == "Reshape" and fix_target:
         tr.fix_reshape(node, keep_prefix=start, flatten_rest=True)
     return ChannelLayout(start, x.segments, tuple(int(d) for d in block), x.axis - start)
 
@@ -165,12 +167,7 @@ def _reshape_computed(node: gs.Node, x: ChannelLayout, target: tuple, in_shape: 
         if len(in_shape) == 2:
             tr.member(x, node)
             return x
-        block = in_shape[1:]
-        if any(not isinstance(d, int) for d in block):
-            tr.freeze(x, f"Reshape '{node.name}' flattens a block of unknown shape")
-            return None
-        tr.member(x, node)
-        return ChannelLayout(1, x.segments, tuple(int(d) for d in block), x.axis - 1)
+        return _flatten_layout(x, in_shape, 1, node, tr, fix_target=False)
     rest_reads_channels = any(isinstance(e, DimRef) and e.channels for e in target[x.axis + 1 :])
     if x.block is None and len(target) > x.axis and all(copies(target[i], i) for i in range(x.axis + 1)) and not rest_reads_channels:
         tr.member(x, node)
