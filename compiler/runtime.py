@@ -32,12 +32,15 @@ quiet_onnxruntime()
 
 
 def make_session(model: onnx.ModelProto | bytes, threads: int = 1, optimize: bool = True,
-                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+                 providers: Sequence[str] = ("CPUExecutionProvider",), spin: bool = True) -> ort.InferenceSession:
     """An onnxruntime session for an in-memory model, on the CPU unless `providers` says otherwise
-    (compiler/device.py)."""
+    (compiler/device.py). spin=False: idle intra-op threads sleep instead of busy-waiting (for a
+    session that takes turns with PyTorch on the same cores)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = LOG_ERRORS_ONLY
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL

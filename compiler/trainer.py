@@ -32,6 +32,7 @@ from onnxcompress.compiler.data import Dataset, InputSpec, iter_batches
 from onnxcompress.compiler.kd import KDConfig, KDLoss, match_features, teacher_targets
 from onnxcompress.compiler.metrics import top1
 from onnxcompress.compiler.onnx_io import is_quantized
+from onnxcompress.compiler.teacher_runner import RuntimeTeacher, runtime_teacher
 from onnxcompress.compiler.errors import DataError, ModelError, UsageError
 
 CHECKPOINT_NAME = "finetune.pt"
@@ -102,6 +103,9 @@ class FinetuneConfig:
     # schedule ends with them (a time budget's plan is an estimate; this keeps it)
     time_limit_s: float | None = None
     device: str = "cpu"  # torch device of the run ("cuda": compiler/device.py resolves --device)
+    # on the CPU, the frozen teacher's forward pass runs in onnxruntime (compiler/teacher_runner.py)
+    # when it reproduces the PyTorch bridge's outputs; False: always the bridge
+    runtime_teacher: bool = True
 
     @property
     def scaling(self) -> str:
@@ -401,7 +405,7 @@ class _Run:
     checkpoint."""
 
     student: OnnxModule
-    teacher: OnnxModule
+    teacher: OnnxModule | RuntimeTeacher  # the teacher's forward pass (onnxruntime on the CPU when it can)
     loss: KDLoss
     optimizer: torch.optim.Optimizer
     rng: np.random.Generator
@@ -476,6 +480,11 @@ def _build(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, v
 
     pairs = match_features(student_m, teacher_m, train.x[:1]) if config.kd.uses_features else ()
     loss = KDLoss(config.kd, pairs, classes, seed=config.seed)
+    forward: OnnxModule | RuntimeTeacher = teacher_m
+    if config.runtime_teacher and torch.device(config.device).type == "cpu":
+        fast = runtime_teacher(teacher, teacher_m, loss.teacher_taps, train.x[:4],
+                               threads=config.threads or torch.get_num_threads())
+        forward = fast if fast is not None else teacher_m
     device = torch.device(config.device)  # everything above ran on the CPU; training runs here
     student_m.to(device)
     teacher_m.to(device)
@@ -497,7 +506,7 @@ def _build(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, v
     reference = None
     if val is not None and val.y is None:
         reference = teacher_targets(predict_logits(teacher_m, val.x, config.eval_batch_size), classes).argmax(1)
-    return _Run(student_m, teacher_m, loss, optimizer, np.random.default_rng(config.seed), cache, reference,
+    return _Run(student_m, forward, loss, optimizer, np.random.default_rng(config.seed), cache, reference,
                 n_student)
 
 

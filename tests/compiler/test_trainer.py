@@ -328,3 +328,54 @@ def test_time_limit_cuts_the_epochs_that_would_overrun(monkeypatch):
     assert limited.history[-1].lr < 0.05 * FinetuneConfig().base_lr
     _, unlimited = finetune(teacher, teacher, data, None, FinetuneConfig(epochs=3), progress=False)
     assert unlimited.epochs_run == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# The teacher's forward pass in onnxruntime
+# ---------------------------------------------------------------------------------------------
+
+
+def test_runtime_teacher_reproduces_the_bridge_and_is_used(teacher: onnx.ModelProto) -> None:
+    from onnxcompress.compiler.kd import match_features
+    from onnxcompress.compiler.teacher_runner import RuntimeTeacher, runtime_teacher
+
+    bridge = OnnxModule(teacher).eval()
+    student = OnnxModule(tiny_cnn(width=4, seed=2))
+    taps = [p.teacher for p in match_features(student, bridge, TRAIN.x[:1])]
+    assert taps
+    fast = runtime_teacher(teacher, bridge, taps, TRAIN.x[:4], threads=1)
+    assert isinstance(fast, RuntimeTeacher)
+    x = torch.from_numpy(TRAIN.x[:16].copy())
+    z, feats = fast.logits(x, taps)
+    with torch.no_grad():
+        z_ref, feats_ref = bridge.logits(x, taps)
+    torch.testing.assert_close(z, z_ref, atol=1e-4, rtol=1e-4)
+    for name in taps:
+        torch.testing.assert_close(feats[name], feats_ref[name], atol=1e-4, rtol=1e-4)
+
+    # the trainer uses it on the CPU (and only when allowed), and both paths learn the same
+    config = dataclasses.replace(FAST, epochs=2, augment=True, crop_padding=1,
+                                 kd=KDConfig(kinds=("hinton", "attention")))
+    run = trainer_module._build(tiny_cnn(width=4, seed=2), teacher, TRAIN, None, config)
+    assert isinstance(run.teacher, RuntimeTeacher)
+    slow_config = dataclasses.replace(config, runtime_teacher=False)
+    assert isinstance(trainer_module._build(tiny_cnn(width=4, seed=2), teacher, TRAIN, None, slow_config).teacher,
+                      OnnxModule)
+    _, r_fast = finetune(tiny_cnn(width=4, seed=2), teacher, TRAIN, None, config, progress=False)
+    _, r_slow = finetune(tiny_cnn(width=4, seed=2), teacher, TRAIN, None, slow_config, progress=False)
+    assert [h.train_loss for h in r_fast.history] == pytest.approx([h.train_loss for h in r_slow.history], rel=1e-3)
+
+
+def test_runtime_teacher_falls_back_when_it_disagrees(teacher: onnx.ModelProto, monkeypatch) -> None:
+    import onnxcompress.compiler.teacher_runner as runner
+
+    bridge = OnnxModule(teacher).eval()
+    real_run = runner.RuntimeTeacher.run
+
+    def off_by_one(self, x):  # noqa: ANN001, ANN202 - a runtime that computes something else
+        return {k: v + 1.0 for k, v in real_run(self, x).items()}
+
+    monkeypatch.setattr(runner.RuntimeTeacher, "run", off_by_one)
+    assert runner.runtime_teacher(teacher, bridge, [], TRAIN.x[:4], threads=1) is None
+    run = trainer_module._build(tiny_cnn(width=4, seed=2), teacher, TRAIN, None, FAST)
+    assert isinstance(run.teacher, OnnxModule)
