@@ -578,6 +578,24 @@ def _train_epoch(run: _Run, train: Dataset, spec: InputSpec, config: FinetuneCon
     return loss_sum / seen, correct / seen, lr
 
 
+def _keep_time_limit(config: FinetuneConfig, run: _Run, epoch_s: float, elapsed_s: float) -> FinetuneConfig:
+    """The epochs to run, re-planned after an epoch from its measured time: fewer when the rest
+    of the plan would overrun the limit; more when the plan under-used it (an epoch measured on
+    a whole epoch is a better estimate than the planner's short timed runs: the ResNet-56 student
+    of macs=0.33 took 6.1 ms per image where 9.0 were planned, leaving 17 of 60 minutes unused).
+    Epochs are only added in the first half of the plan, while the cosine schedule is still near
+    its peak, and with a 5 % margin."""
+    left = config.time_limit_s - elapsed_s if config.time_limit_s is not None else float("inf")
+    fit = int(left // max(epoch_s, 1e-9))
+    if run.epoch + fit < config.epochs:  # the rest of the plan does not fit: end sooner
+        run.stopped = run.stopped or fit <= 0
+        return replace(config, epochs=run.epoch + max(0, fit))
+    more = int(0.95 * left // max(epoch_s, 1e-9))
+    if 2 * run.epoch <= config.epochs and run.epoch + more > config.epochs:
+        return replace(config, epochs=run.epoch + more)
+    return config
+
+
 def finetune(
     student: onnx.ModelProto,
     teacher: onnx.ModelProto,
@@ -621,11 +639,7 @@ def finetune(
             stats = EpochStats(run.epoch, loss, acc, val_acc, lr, train_s, time.perf_counter() - e0)
             run.history.append(asdict(stats))
             if config.time_limit_s is not None and run.epoch < config.epochs:
-                left = config.time_limit_s - (time.perf_counter() - t0)
-                fit = int(left // max(stats.seconds, 1e-9))
-                if run.epoch + fit < config.epochs:  # the rest of the plan does not fit: end sooner
-                    config = replace(config, epochs=run.epoch + max(0, fit))
-                    run.stopped = run.stopped or fit <= 0
+                config = _keep_time_limit(config, run, stats.seconds, time.perf_counter() - t0)
             if ckpt_path is not None:
                 _save_checkpoint(ckpt_path, run.payload(fingerprint, run.wall_before + time.perf_counter() - t0))
         if run.best_state is not None:

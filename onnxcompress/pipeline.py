@@ -257,7 +257,7 @@ def compress(
 
     built: list[tuple[Target, Plan, onnx.ModelProto, float | None]] = []
     ft_wall = 0.0
-    ft_epochs: int | None = None  # the epochs a time budget chose (the first target's)
+    ft_epochs: int | None = None  # the epochs a time budget let the first target's fine-tune run
     for tgt, plan, search_acc in outcome.choices:
         ckpt = config.checkpoint_dir / f"finetune-{tgt.label().replace(',', '_').replace('=', '')}" if config.checkpoint_dir else None
         if ckpt is not None:
@@ -271,13 +271,16 @@ def compress(
             train = job.train
             if budget is not None:  # this target's share of what is left
                 ft_config, train = _fit_finetune(student, teacher, job, ft_config, budget, len(outcome.choices) - len(built), config)
-                ft_epochs = ft_epochs if ft_epochs is not None else ft_config.epochs
             _say(config.progress, f"fine-tuning the student for {tgt.label()} ({ft_config.epochs} epoch{'s' if ft_config.epochs != 1 else ''} over "
                                   f"{len(train):,} images, batch {ft_config.batch_size}, KD from the teacher)")
             student, ft = finetune(student, teacher, train, job.val, ft_config, checkpoint_dir=ckpt, progress=config.progress)
             ft_wall += ft.wall_s
             if budget is not None:
                 budget.record("finetune", ft.wall_s)
+                ft_epochs = ft_epochs if ft_epochs is not None else ft.epochs_run
+                if ft.epochs_run != ft_config.epochs:
+                    budget.note(f"fine-tuning: ran {ft.epochs_run} epochs ({ft_config.epochs} planned; the trainer "
+                                "re-plans from each measured epoch to fill its time limit)")
         final_plan = prefix.then(plan)
         if not plan_is_empty(quantization):
             student = apply_plan(student, quantization, calibration=job.calibration, seed=config.seed)

@@ -328,6 +328,12 @@ def test_time_limit_cuts_the_epochs_that_would_overrun(monkeypatch):
     assert limited.history[-1].lr < 0.05 * FinetuneConfig().base_lr
     _, unlimited = finetune(teacher, teacher, data, None, FinetuneConfig(epochs=3), progress=False)
     assert unlimited.epochs_run == 3
+    # a plan that under-uses the limit grows while in its first half (5 % margin): 4 planned
+    # epochs of 10 s with 100 s become 9, the schedule still ending near 0
+    _, grown = finetune(teacher, teacher, data, None, _replace(FinetuneConfig(epochs=4), time_limit_s=100.0),
+                        progress=False)
+    assert grown.epochs_run == 9
+    assert grown.history[-1].lr < 0.05 * FinetuneConfig().base_lr
 
 
 # ---------------------------------------------------------------------------------------------
