@@ -1,9 +1,10 @@
 """MACs counted from the shapes onnxruntime actually computes, independent of compiler/cost.py and
 of onnx's shape inference: every input and output of every Conv, Gemm and MatMul becomes a graph
 output, the model runs once (graph optimisations off, so no tensor is fused away) on one input at
-batch 1, and each layer's MACs come from the arrays it produced:
+batch 1 (every count scales with the batch of the inputs given), and each layer's MACs come from
+the arrays it produced:
 
-- Conv: Cout * Cin / group * prod(kernel) * prod(output spatial dims), Cin from the input array;
+- Conv: N * Cout * Cin / group * prod(kernel) * prod(output spatial dims), Cin from the input array;
 - Gemm: M * K * N from the (transposed as the attributes say) A and B arrays;
 - MatMul: prod(output dims) * K, K the last dim of A (broadcast batch dims included).
 
@@ -89,7 +90,7 @@ def runtime_macs(model: onnx.ModelProto, inputs: dict[str, np.ndarray] | None = 
         weighted = True
         if n.op_type == "Conv":
             group = int(attrs.get("group", 1))
-            macs = int(y[1]) * (int(a[1]) // group) * int(np.prod(b[2:])) * int(np.prod(y[2:]))
+            macs = int(y[0]) * int(y[1]) * (int(a[1]) // group) * int(np.prod(b[2:])) * int(np.prod(y[2:]))
         elif n.op_type == "Gemm":
             m_dim, k = (a[1], a[0]) if attrs.get("transA", 0) else (a[0], a[1])
             n_dim = b[0] if attrs.get("transB", 0) else b[1]
