@@ -95,24 +95,67 @@ def inspect_facts(path: Path) -> dict:
     seconds = time.time() - t0
     prunable = {g.id for g in analysis.groups if g.prunable}
     total = sum(l.macs for l in analysis.layers) or 1
-    out_share = sum(l.macs for l in analysis.layers if l.out_group in prunable) / total
-    touched = sum(l.macs for l in analysis.layers if l.out_group in prunable or any(g in prunable for g in l.in_groups)) / total
+    out_groups = {l.name: _output_groups(analysis, l.name) for l in analysis.layers}
+    out_share = sum(l.macs for l in analysis.layers if out_groups[l.name] and out_groups[l.name] <= prunable) / total
+    touched = sum(l.macs for l in analysis.layers if (out_groups[l.name] | set(l.in_groups)) & prunable) / total
     frozen = [g for g in analysis.groups if not g.prunable]
-    reasons = Counter(_reason_kind(g.reason or "?") for g in frozen if not (g.reason or "").startswith(OUTPUT_REASON))
-    frozen_channels = Counter()
-    for g in frozen:
-        if not (g.reason or "").startswith(OUTPUT_REASON):
-            frozen_channels[_reason_kind(g.reason or "?")] += g.channels
-    examples = {}
-    for g in frozen:
-        examples.setdefault(_reason_kind(g.reason or "?"), g.reason)
+    output = [g for g in frozen if (g.reason or "").startswith(OUTPUT_REASON)]
+    # a detection head's last convs (box bins, class scores) are output channels too, though a
+    # Reshape before the graph output is what froze them: groups all of whose producers are last layers
+    head: list = []
+    head_layers: set[str] = set()
+    while True:  # a fixed point: YOLOv8's box convs feed its DFL conv (fixed weights), itself a last layer
+        more = [g for g in frozen if g not in output and g not in head and g.producers
+                and all(_last_layer(analysis, p, head_layers) for p in g.producers)]
+        if not more:
+            break
+        head += more
+        head_layers |= {p for g in more for p in g.producers}
+    other = [g for g in frozen if g not in output and g not in head]
+    reasons = Counter(_reason_kind(g.reason or "?") for g in other)
+    frozen_channels: Counter = Counter()
+    examples: dict[str, str] = {}
+    for g in other:
+        frozen_channels[_reason_kind(g.reason or "?")] += g.channels
+        examples.setdefault(_reason_kind(g.reason or "?"), f"{g.reason} (producer {g.producers[0]})" if g.producers else g.reason)
     return {
         "seconds": seconds, "macs": int(doc["macs"]), "groups": len(analysis.groups), "prunable": len(prunable),
-        "output_frozen": sum(1 for g in frozen if (g.reason or "").startswith(OUTPUT_REASON)),
-        "other_frozen": sum(reasons.values()), "reasons": reasons.most_common(), "reason_channels": dict(frozen_channels),
+        "output_frozen": len(output), "head_frozen": len(head), "head_reasons": sorted({_reason_kind(g.reason or "?") for g in head}),
+        "head_producers": [p for g in head for p in g.producers],
+        "other_frozen": len(other), "reasons": reasons.most_common(), "reason_channels": dict(frozen_channels),
         "examples": examples, "out_share": out_share, "touched_share": touched, "layers": len(analysis.layers),
         "zero_mac_layers": [l.name for l in analysis.layers if l.macs == 0],
     }
+
+
+def _last_layer(analysis, name: str, head: set[str]) -> bool:  # noqa: ANN001 - an ir.Analysis
+    """No Conv/Gemm/MatMul downstream of the node but `head` layers: its output channels are the
+    model's output's (reshaped, concatenated, decoded), not hidden features."""
+    from onnxcompress.compiler.ops import LAYER_OPS
+
+    try:
+        start = analysis.graph.node(name)
+    except KeyError:
+        return False
+    seen, stack = set(), [start]
+    while stack:
+        node = stack.pop()
+        for t in node.outputs:
+            for consumer in t.outputs:
+                if consumer.name in seen:
+                    continue
+                if consumer.op in LAYER_OPS and consumer.name not in head:
+                    return False
+                seen.add(consumer.name)
+                stack.append(consumer)
+    return True
+
+
+def _output_groups(analysis, layer: str) -> set[str]:  # noqa: ANN001 - an ir.Analysis
+    """The groups of a layer's output channels: several for a grouped conv, whose output is one
+    channel space per conv group (Layer.out_group is None then)."""
+    layout = analysis.tensor_layouts.get(analysis.graph.node(layer).outputs[0].name)
+    return {analysis.space_group[s] for s in layout.spaces if s in analysis.space_group} if layout is not None else set()
 
 
 def _reason_kind(reason: str) -> str:
@@ -236,7 +279,7 @@ def done_when(r: dict) -> str:
     if r["student_runtime_macs"] / r["runtime_macs"] > TARGET_MACS:
         misses.append("ratio")
     if ins["other_frozen"]:
-        misses.append("frozen")
+        misses.append("frozen")  # head groups are the output's channels: not counted
     if r["latency"]["ratio"] >= 1:
         misses.append("not faster")
     return "yes" if not misses else "no: " + ", ".join(misses)
@@ -257,7 +300,7 @@ def rows_of(results: list[dict], records: dict[str, dict], labels: dict[str, str
             labels[r["name"]], export,
             f"{ins['prunable']}/{ins['groups']}" if ins else "crashed",
             f"{100 * ins['out_share']:.0f} % / {100 * ins['touched_share']:.0f} %" if ins else "-",
-            f"{ins['other_frozen']}" if ins else "-",
+            (f"{ins['other_frozen']}" + (f" (+{ins['head_frozen']} head)" if ins["head_frozen"] else "")) if ins else "-",
             f"{_mac_str(ins['macs']) if ins else '-'} / {_mac_str(r.get('runtime_macs'))}" + (f" ({100 * (err - 1):+.2f} %)" if err else ""),
             (f"{ratio:.3f}x" if ratio is not None else ("apply failed" if ap.get("rc") else "-")) + (f" (apply: {ap['ratio']:.3f}x)" if "ratio" in ap else ""),
             "yes" if r.get("valid") else ("no" if "valid" in r else "-"),
@@ -274,8 +317,8 @@ def report(results: list[dict], records: dict[str, dict], command: str) -> str:
     versions = next((rec["versions"] for rec in records.values() if rec.get("versions")), {})
     text += ("\nExports: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + " (in .venv-zoo), opset 17, 1x3x224x224 with a "
              "dynamic batch, random weights (torch.manual_seed(0)), TorchScript exporter unless noted. Per model: channel "
-             "groups prunable of all; the share of layer MACs whose output channels are in a prunable group / whose input or "
-             "output channels are; frozen groups other than the output's; `inspect` MACs vs an independent count from the "
+             "groups prunable of all; the share of layer (Conv/Gemm/MatMul) MACs whose output channels are all in prunable groups / "
+             "whose input or output channels are partly in one; frozen groups other than the output's (and the head's, see below); `inspect` MACs vs an independent count from the "
              "shapes onnxruntime computes (bench/zoo/runtime_macs.py: every Conv/Gemm/MatMul input and output exposed, one "
              "run at batch 1; MatMuls of two computed tensors are not counted, as in inspect); MACs of the student of a "
              "uniform `prune_channels` 0.5 plan (`onnxcompress apply`, no data) counted the same way, beside the ratio `apply` "
@@ -286,17 +329,23 @@ def report(results: list[dict], records: dict[str, dict], command: str) -> str:
     text += table(["model", "export", "groups prunable", "prunable MAC share (out / in or out)", "frozen groups (not output)",
                    "MACs inspect / runtime", "MACs after uniform 0.5 (runtime count)", "valid", "latency student/teacher",
                    "inspect / apply time", "#16 done"], rows_of(results, records, labels)) + "\n"
-    text += "\n### Why groups stay frozen\n\nReasons of the frozen groups other than the output's (node names elided), with the number of groups and of channels.\n\n"
+    text += ("\n### Why groups stay frozen\n\nReasons of the frozen groups other than the output's (node names elided), with the "
+             "number of groups and of channels, and one example in full. Groups whose producers are all last layers (no "
+             "Conv/Gemm/MatMul after them but other such layers: a detection head's box, class and DFL convs) hold the output's channels and are "
+             "counted apart as \"head\".\n\n")
     for r in results:
         ins = r.get("inspect")
         if not ins:
             continue
+        label = labels[r["name"]]
+        head = (f" Head: {ins['head_frozen']} groups ({', '.join(ins['head_producers'][:8])}"
+                f"{', …' if len(ins['head_producers']) > 8 else ''}), frozen as: {'; '.join(ins['head_reasons'])}.") if ins["head_frozen"] else ""
         if not ins["reasons"]:
-            text += f"- {labels[r['name']]}: none (only the output's group).\n"
+            text += f"- {label}: none besides the output's group.{head}\n"
             continue
-        parts = [f"{n} × {reason} ({ins['reason_channels'][reason]} ch)" for reason, n in ins["reasons"][:6]]
+        parts = [f"{n} × {reason} ({ins['reason_channels'][reason]} ch; e.g. {ins['examples'][reason]})" for reason, n in ins["reasons"][:6]]
         more = len(ins["reasons"]) - 6
-        text += f"- {labels[r['name']]} ({ins['other_frozen']} groups): " + "; ".join(parts) + (f"; and {more} other reasons" if more > 0 else "") + "\n"
+        text += f"- {label} ({ins['other_frozen']} groups): " + "; ".join(parts) + (f"; and {more} other reasons" if more > 0 else "") + f".{head}\n"
     problems = []
     for r in results:
         rec, label = records[r["name"]], labels[r["name"]]
@@ -325,8 +374,9 @@ def report(results: list[dict], records: dict[str, dict], command: str) -> str:
             e = ap["macs"] / r["student_runtime_macs"] - 1
             if abs(e) > TARGET_ERROR:
                 problems.append(f"{label}: the student's MACs as `apply` prints them are {100 * e:+.1f} % off its runtime count")
-    if problems:
-        text += "\n### Crashes, failures and other findings\n\n" + "".join(f"- {p}\n" for p in problems)
+    text += "\n### Crashes, failures and other findings\n\n" + ("".join(f"- {p}\n" for p in problems) if problems else
+            "None: every model exported with TorchScript, `inspect` and `apply` exited 0 without an onnxruntime warning on "
+            "stderr, no layer counted 0 MACs, and every student passed the checks.\n")
     return text
 
 
