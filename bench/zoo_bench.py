@@ -311,7 +311,7 @@ def rows_of(results: list[dict], records: dict[str, dict], labels: dict[str, str
     return rows
 
 
-def report(results: list[dict], records: dict[str, dict], command: str) -> str:
+def report(results: list[dict], records: dict[str, dict], command: str, load: tuple[float, float] | None = None) -> str:
     labels = dict(MODELS)
     text = header("Model zoo: modern CNNs through inspect and a uniform 0.5 prune (issue #16)", command)
     versions = next((rec["versions"] for rec in records.values() if rec.get("versions")), {})
@@ -325,7 +325,11 @@ def report(results: list[dict], records: dict[str, dict], command: str) -> str:
              "prints; validity (onnx.checker, an onnxruntime run, output shapes equal to the teacher's); batch-1 latency in "
              "onnxruntime (1 thread, CPU time of the inference thread, median of paired rounds) student/teacher; "
              "time of inspect / of apply; issue #16's done-when (≤0.40x MACs, valid and faster, only the output group "
-             f"frozen, inspect within 1 %).\n\n")
+             f"frozen, inspect within 1 %).")
+    if load is not None:
+        text += (f" Load average of the machine (1 min): {load[0]:.1f} at the start, {load[1]:.1f} at the end; the inspect and "
+                 "apply times are wall times on that shared machine, the latency ratios pair the two models' runs.")
+    text += "\n\n"
     text += table(["model", "export", "groups prunable", "prunable MAC share (out / in or out)", "frozen groups (not output)",
                    "MACs inspect / runtime", "MACs after uniform 0.5 (runtime count)", "valid", "latency student/teacher",
                    "inspect / apply time", "#16 done"], rows_of(results, records, labels)) + "\n"
@@ -396,6 +400,7 @@ def main(argv: list[str]) -> None:
     elif args.quick:
         names = QUICK
     records = ensure_exports(names, args.refresh)
+    load_start = os.getloadavg()[0]
     results = []
     with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
         for n in names:
@@ -410,7 +415,7 @@ def main(argv: list[str]) -> None:
             results.append(r)
             print(json.dumps({k: v for k, v in r.items() if k not in ("apply",)}, default=str)[:1500], flush=True)
     command = "python -m bench zoo" + (" --quick" if args.quick else "") + (f" --models {args.models}" if args.models else "")
-    text, raw = report(results, records, command), json.dumps(results, indent=1, default=str) + "\n"
+    text, raw = report(results, records, command, (load_start, os.getloadavg()[0])), json.dumps(results, indent=1, default=str) + "\n"
     if args.models:  # a partial run is not a result: it stays beside the cached exports
         (CACHE / "zoo_partial.md").write_text(text)
         (CACHE / "zoo_partial_raw.json").write_text(raw)

@@ -92,3 +92,18 @@ def test_inputs_pin_the_batch_only(tmp_path):
     model = _export(Convs(), tmp_path)
     assert feeds(model)["input"].shape == (1, 3, 16, 16)
     assert runtime_macs(model, feeds(model, batch=2)).macs == 2 * runtime_macs(model).macs  # every layer scales with the batch
+
+
+def test_missing_export_venv_is_one_line(monkeypatch, tmp_path, capsys):
+    """`python -m bench zoo` without .venv-zoo: one line naming `make zoo-env`; `bench all` skips it."""
+    import bench.__main__ as cli
+    from bench import zoo_bench
+
+    monkeypatch.setattr(zoo_bench, "ZOO_VENV", tmp_path / "missing")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["zoo"])
+    assert "make zoo-env" in str(e.value.code) and "\n" not in str(e.value.code)
+    monkeypatch.setattr(cli, "ORDER", ["zoo"])
+    monkeypatch.setattr(cli, "assemble", lambda: None)
+    cli.main(["all"])
+    assert "skipped zoo: " in capsys.readouterr().out
