@@ -1,7 +1,8 @@
 """bench/zoo/runtime_macs.py, the zoo bench's MAC count from onnxruntime's shapes, on tiny exported
 models whose MACs are known by hand: a plain conv net, a grouped and a depthwise conv, a linear
 layer as Gemm and as a MatMul over tokens, an attention MatMul (counted apart), and a channel
-shuffle whose computed Reshape leaves static shape inference without shapes."""
+shuffle whose computed Reshape leaves static shape inference without shapes; and the one-line error
+of `python -m bench zoo` when the export venv is missing."""
 
 from __future__ import annotations
 
