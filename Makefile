@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test test-fast bench bench-quick clean
+.PHONY: setup demo test test-fast bench bench-quick zoo-env bench-zoo clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,5 +41,24 @@ bench-quick: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) -m bench all --quick
 
+# `python -m bench zoo` exports real architectures (torchvision, timm, ultralytics) with random
+# weights in a venv of its own: the registry's torchvision wheels need the torch they were built
+# with (2.14.1, a CUDA build of ~5.5 GB on x86_64), which must stay out of the core venv. The
+# measurements run in the core venv. ultralytics is optional: the bench skips YOLOv8n without it.
+ZOO_VENV ?= .venv-zoo
+ZOO_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+$(ZOO_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(ZOO_VENV)
+	$(ZOO_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(ZOO_VENV)/bin/python -m pip install --quiet $(TORCH_PIP_ARGS) $(ZOO_TORCH_SPEC) timm onnx onnxscript
+	-$(ZOO_VENV)/bin/python -m pip install --quiet ultralytics
+	touch $@
+
+zoo-env: $(ZOO_VENV)/.installed
+
+bench-zoo: $(VENV)/.installed $(ZOO_VENV)/.installed
+	$(PY) -m bench zoo
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache onnxcompress-demo
+	rm -rf $(VENV) $(ZOO_VENV) build dist *.egg-info .pytest_cache onnxcompress-demo
