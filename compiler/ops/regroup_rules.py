@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from onnxcompress.compiler.channels import Tracer
 
 from onnxcompress.compiler.ops.layer_rules import _group_chunks
-from onnxcompress.compiler.ops.layout import ChannelLayout, DimRef, Segment
+from onnxcompress.compiler.ops.layout import ChannelLayout, Segment
 from onnxcompress.compiler.ops.table import _register, const, shape_of
 
 
@@ -49,13 +49,6 @@ def _only_reader(t: gs.Tensor, op: str) -> gs.Node | None:
 
 def _ints(shape: tuple | None) -> bool:
     return shape is not None and all(isinstance(d, int) for d in shape)
-
-
-def _target_adapts(node: gs.Node, source: str, tr: "Tracer") -> bool:
-    """A computed Reshape target that copies every dimension of tensor `source` (GroupNorm's
-    reshape back to Shape(x)): it stays right after a cut."""
-    entries = tr.shape_values.get(node.inputs[1].name)
-    return entries is not None and all(isinstance(e, DimRef) and e.tensor == source and e.axis == i for i, e in enumerate(entries))
 
 
 def _fixable(node: gs.Node) -> bool:
@@ -133,21 +126,21 @@ def _group_norm(node: gs.Node, x: ChannelLayout, in_shape: tuple, out_shape: tup
     for i in (1, 2):
         tr.slice(norm, i, 0, per_group, role="param")
     tr.fix_target(node, (0, per_group, -1), coarse)
-    if const(back.inputs[1]) is not None:
-        if not _ints(in_shape[2:]) or not _fixable(back):
-            tr.freeze(x, f"{name} reshapes back to a constant shape it cannot rewrite")
-        else:
-            tr.fix_target(back, (0, -1) + tuple(in_shape[2:]), coarse)
-    elif not _target_adapts(back, node.inputs[0].name, tr):
-        tr.freeze(x, f"{name} reshapes back to a computed shape")
+    # the target back (Shape(x) in exports, computed after this rule runs, or a constant) becomes
+    # a constant with the kept channel count inferred
+    if not _ints(in_shape[2:]) or not _fixable(back):
+        tr.freeze(x, f"{name} reshapes back to a shape it cannot rewrite (unknown spatial size)")
+    else:
+        tr.fix_target(back, (0, -1) + tuple(in_shape[2:]), coarse)
     tr.deferred[back.outputs[0].name] = coarse
     return True
 
 
 @_register("GroupNormalization")
 def _group_normalization(node: gs.Node, ins, tr: "Tracer"):
-    """The GroupNormalization op (opset 18: scale and bias per group; opset 21: per channel):
-    whole groups are cut, as for the decomposed form; `num_groups` becomes the kept count."""
+    """The GroupNormalization op of opset 21 (scale and bias per channel): whole groups are cut,
+    as for the decomposed form; `num_groups` becomes the kept count. Opset 18's form (scale and
+    bias per group, deprecated by onnx for its ambiguity) is frozen."""
     x = ins[0]
     if x is None:
         return [None]
@@ -158,8 +151,8 @@ def _group_normalization(node: gs.Node, ins, tr: "Tracer"):
     if x.axis != 1 or x.block is not None or shape is None or not isinstance(shape[1], int) or groups < 1 or shape[1] % groups:
         tr.freeze(x, f"{name} of unexpected shape")
         return [x]
-    if any(p is None or p.ndim != 1 or p.shape[0] not in (groups, shape[1]) for p in params) or len(params) != 2:
-        tr.freeze(x, f"{name} has computed or unexpected scale and bias")
+    if any(p is None or p.ndim != 1 or p.shape[0] != shape[1] for p in params) or len(params) != 2:
+        tr.freeze(x, f"{name} has computed scale and bias, or one per group (opset 18)")
         return [x]
     coarse = tr.coarsen(x, shape[1] // groups) if groups > 1 else None
     if coarse is None:
@@ -167,8 +160,8 @@ def _group_normalization(node: gs.Node, ins, tr: "Tracer"):
                                      f"its groups of {shape[1] // groups} channels do not line up with channels pruned together"))
         return [x]
     per_group = coarse.scaled(shape[1] // groups).with_axis(0)
-    for i, p in zip((1, 2), params):
-        tr.slice(node, i, 0, per_group if p.shape[0] == groups else coarse.with_axis(0), role="param")
+    for i in (1, 2):
+        tr.slice(node, i, 0, coarse.with_axis(0), role="param")
     tr.set_group_attr(node, per_group, attr="num_groups")
     tr.member(coarse, node)
     return [coarse]
