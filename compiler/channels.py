@@ -12,6 +12,14 @@ The op rules of compiler/ops/ run once per node in topological order and talk to
   spaces involved are *split* at the union of the boundaries, with their whole coupled component
   (coupled spaces are channel-for-channel the same, so they split alike); every layout recorded
   before is re-expressed in the parts when the analysis ends (`resolve`);
+- a layout segment may repeat each of its channels r times in a row along the axis
+  (`Segment.repeat`: a channel shuffle's g interleaved copies of one channel, a GroupNorm group
+  of channels cut as one). When `unify` meets a segment repeated r times against one repeated
+  r/f times, the finer spaces are *coarsened* (`_coarsen`): every f consecutive channels become
+  one channel of the analysis, in the whole coupled component, the way `_split` does for
+  boundaries. That is the many-to-one coupling of ShuffleNetV2: channel j of one unit's stream
+  is channels 2j and 2j+1 of the next unit's branch conv. A boundary inside the copies of one
+  channel isolates that channel in a space of its own;
 - channel *groups* are the connected components of the coupling graph (`components`).
 
 Slices (constants to cut), attribute fixes and frozen reasons are recorded per space while the
