@@ -224,3 +224,28 @@ def test_groupnorm_forms_it_cannot_cut_freeze_with_a_reason():
     assert all(not g.prunable and "do not line up" in g.reason for g in a.groups[:2])
     a = analyze(import_graph(_gn21(groups=1)))
     assert not a.groups[0].prunable and "one group" in a.groups[0].reason
+
+
+# ------------------------------------------------------------------------------------------------
+# the same two models from the torch.export-based exporter (fixtures: tests/data/make_dynamo_exports.py)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["shufflenet", "groupnorm"])
+def test_dynamo_exports_prune_the_same(name):
+    from pathlib import Path
+
+    from onnxcompress.compiler.bridge import OnnxModule
+
+    m = canonicalize(onnx.load(str(Path(__file__).resolve().parents[1] / "data" / f"dynamo_{name}.onnx")))
+    a = analyze(import_graph(m))
+    assert all(g.reason == "a single channel" for g in a.groups[:-1] if not g.prunable)
+    for g in a.groups[:-1]:
+        if g.prunable:
+            silenced, pruned = silence_and_prune(m, g.id, [g.channels - 1])
+            np.testing.assert_allclose(run(pruned), run(silenced), rtol=1e-4, atol=1e-5, err_msg=g.id)
+    half = apply_plan(m, HALF)
+    assert model_cost(half).macs == runtime_macs(half, (3, 16, 16)) < 0.32 * runtime_macs(m, (3, 16, 16))
+    with torch.no_grad():  # the fine-tuning bridge runs the pruned student as onnxruntime does
+        got = OnnxModule(half).eval()(torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(got, run(half), rtol=1e-4, atol=1e-4)
