@@ -12,6 +12,14 @@ The op rules of compiler/ops/ run once per node in topological order and talk to
   spaces involved are *split* at the union of the boundaries, with their whole coupled component
   (coupled spaces are channel-for-channel the same, so they split alike); every layout recorded
   before is re-expressed in the parts when the analysis ends (`resolve`);
+- a layout segment may repeat each of its channels r times in a row along the axis
+  (`Segment.repeat`: a channel shuffle's g interleaved copies of one channel, a GroupNorm group
+  of channels cut as one). When `unify` meets a segment repeated r times against one repeated
+  r/f times, the finer spaces are *coarsened* (`_coarsen`): every f consecutive channels become
+  one channel of the analysis, in the whole coupled component, the way `_split` does for
+  boundaries. That is the many-to-one coupling of ShuffleNetV2: channel j of one unit's stream
+  is channels 2j and 2j+1 of the next unit's branch conv. A boundary inside the copies of one
+  channel isolates that channel in a space of its own;
 - channel *groups* are the connected components of the coupling graph (`components`).
 
 Slices (constants to cut), attribute fixes and frozen reasons are recorded per space while the
@@ -45,10 +53,12 @@ class ConstSlice:
 
 @dataclass(frozen=True)
 class GroupAttrFix:
-    """A depthwise Conv whose `group` attribute must equal its channel count after a cut."""
+    """A depthwise Conv whose `group` attribute must equal its channel count after a cut (or
+    another such attribute: a GroupNormalization's `num_groups`)."""
 
     node: str
     layout: ChannelLayout
+    attr: str = "group"
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,17 @@ class SplitFix:
     outputs: tuple[ChannelLayout, ...]
 
 
+@dataclass(frozen=True)
+class TargetFix:
+    """A Reshape whose target becomes `entries` after a cut that touches `layout`: an int stays
+    as it is (0 copies the input's dimension, -1 infers it), a layout becomes its kept count
+    (a channel shuffle's or a GroupNorm's regrouping reshapes)."""
+
+    node: str
+    entries: tuple
+    layout: ChannelLayout
+
+
 @dataclass
 class Space:
     size: int
@@ -114,6 +135,10 @@ class Tracer:
         self.pad_fixes: list[PadFix] = []
         self.slice_fixes: list[SliceFix] = []
         self.split_fixes: list[SplitFix] = []
+        self.target_fixes: list[TargetFix] = []
+        # the output of the last op of a multi-op pattern (channel shuffle, GroupNorm) -> the
+        # layout it carries, recorded by the pattern's first op (the ops between carry None)
+        self.deferred: dict[str, ChannelLayout] = {}
         self.members: dict[int, list[str]] = defaultdict(list)
         self.notes: list[tuple[str, str]] = []  # (what, reason) of frozen ops
         # the shape domain: a tensor computed from Shape (x.size(0), a computed Reshape target)
@@ -140,7 +165,7 @@ class Tracer:
         while stack:
             seg = stack.pop()
             if seg.space in self.parts:
-                stack.extend(reversed(self.parts[seg.space]))
+                stack.extend(reversed([Segment(p.space, p.length, p.repeat * seg.repeat) for p in self.parts[seg.space]]))
             else:
                 segments.append(seg)
         return replace(layout, segments=tuple(segments))
@@ -165,20 +190,72 @@ class Tracer:
             self.coupling.add_edges_from((ids[0], other) for other in ids[1:])
 
     def _cut_at(self, layout: ChannelLayout, boundaries: set[int]) -> ChannelLayout:
-        """Splits the spaces of `layout` so that every offset in `boundaries` is a segment edge."""
+        """Splits the spaces of `layout` so that every offset in `boundaries` is a segment edge.
+        An offset inside the copies of one repeated channel (a shuffle's stream split in halves
+        of an odd channel count) isolates that channel in a space of its own, and its segment is
+        cut into two segments of the same channel with fewer copies each."""
         layout = self.resolve(layout)
         offset = 0
-        for seg in layout.segments:
-            inside = sorted(b for b in boundaries if offset < b < offset + seg.length)
+        for i, seg in enumerate(layout.segments):
+            inside = sorted(b for b in boundaries if offset < b < offset + seg.width)
             if inside:
-                self._split(seg.space, inside[0] - offset)
+                unit, rem = divmod(inside[0] - offset, seg.repeat)
+                if rem == 0:
+                    self._split(seg.space, unit)
+                elif unit > 0:
+                    self._split(seg.space, unit)
+                elif seg.length > 1:
+                    self._split(seg.space, 1)
+                else:  # one channel: its copies are cut apart in the layout
+                    parts = (Segment(seg.space, 1, rem), Segment(seg.space, 1, seg.repeat - rem))
+                    layout = replace(layout, segments=layout.segments[:i] + parts + layout.segments[i + 1 :])
                 return self._cut_at(layout, boundaries)
-            offset += seg.length
+            offset += seg.width
         return layout
 
     def refine(self, layout: ChannelLayout, boundaries: set[int]) -> ChannelLayout:
-        """`layout` with its spaces split at `boundaries` (channel offsets along its axis)."""
+        """`layout` with its spaces split at `boundaries` (positions along its axis)."""
         return self._cut_at(layout, boundaries)
+
+    def _coarsen(self, space: int, factor: int) -> bool:
+        """Makes every `factor` consecutive channels of `space` one channel of the analysis (they
+        are always kept or cut together), in its whole coupled component: each space becomes a
+        space of size / factor channels, repeated `factor` times. False if a size does not divide."""
+        component = sorted(nx.node_connected_component(self.coupling, space))
+        if any(self.spaces[s].size % factor for s in component):
+            return False
+        new = []
+        for s in component:
+            old = self.spaces[s]
+            n = len(self.spaces)
+            self.spaces.append(Space(old.size // factor, old.producer, list(old.frozen), old.zero, old.offset))
+            self.members[n] = list(self.members[s])
+            self.parts[s] = (Segment(n, old.size // factor, factor),)
+            self.coupling.remove_node(s)
+            self.coupling.add_node(n)
+            new.append(n)
+        self.coupling.add_edges_from((new[0], other) for other in new[1:])
+        return True
+
+    def coarsen(self, layout: ChannelLayout, factor: int) -> ChannelLayout | None:
+        """`layout` with every block of `factor` consecutive positions made of whole copies of
+        one channel (a GroupNorm group: kept or cut as a whole), or None when its channels do not
+        line up with the blocks."""
+        layout = self.resolve(layout)
+        while True:
+            offset, again = 0, False
+            for seg in layout.segments:
+                if offset % factor or (seg.width % factor):
+                    return None
+                if seg.repeat % factor:
+                    if factor % seg.repeat or not self._coarsen(seg.space, factor // seg.repeat):
+                        return None
+                    again = True
+                    break
+                offset += seg.width
+            if not again:
+                return layout
+            layout = self.resolve(layout)
 
     # -- recording -------------------------------------------------------------------------------
     def member(self, layout: ChannelLayout, node: gs.Node) -> None:
@@ -190,8 +267,8 @@ class Tracer:
         self.slices.append(ConstSlice(node.name, input_index, axis, layout, role))
         self.member(layout, node)
 
-    def set_group_attr(self, node: gs.Node, layout: ChannelLayout) -> None:
-        self.group_fixes.append(GroupAttrFix(node.name, layout))
+    def set_group_attr(self, node: gs.Node, layout: ChannelLayout, attr: str = "group") -> None:
+        self.group_fixes.append(GroupAttrFix(node.name, layout, attr))
 
     def fix_reshape(self, node: gs.Node, keep_prefix: int, flatten_rest: bool = False) -> None:
         self.reshape_fixes.append(ReshapeFix(node.name, keep_prefix, flatten_rest))
@@ -201,6 +278,9 @@ class Tracer:
 
     def fix_split(self, node: gs.Node, axis: int, outputs: tuple[ChannelLayout, ...]) -> None:
         self.split_fixes.append(SplitFix(node.name, axis, outputs))
+
+    def fix_target(self, node: gs.Node, entries: tuple, layout: ChannelLayout) -> None:
+        self.target_fixes.append(TargetFix(node.name, entries, layout))
 
     def fix_slice(self, node: gs.Node, axis: int, before: ChannelLayout | None, inside: ChannelLayout) -> None:
         self.slice_fixes.append(SliceFix(node.name, axis, before, inside))
@@ -233,12 +313,25 @@ class Tracer:
             self.freeze(a, f"{node.op} '{node.name}' combines tensors with different channel layouts")
             self.freeze(b, f"{node.op} '{node.name}' combines tensors with different channel layouts")
             return False
-        ends_a = set(np.cumsum([s.length for s in a.segments]).tolist())
-        ends_b = set(np.cumsum([s.length for s in b.segments]).tolist())
+        ends_a = set(np.cumsum([s.width for s in a.segments]).tolist())
+        ends_b = set(np.cumsum([s.width for s in b.segments]).tolist())
         if ends_a != ends_b:
             a = self.refine(a, ends_b)
             b = self.refine(b, ends_a)
             a, b = self.resolve(a), self.resolve(b)
+            if [s.width for s in a.segments] != [s.width for s in b.segments]:  # a refined layout cut a repeated channel
+                return self.unify(a, b, node)
+        for sa, sb in zip(a.segments, b.segments):
+            if sa.repeat != sb.repeat:
+                # a channel repeated r times against r channels (a shuffle's interleaved copies
+                # against a conv's outputs): those channels become one channel of the analysis
+                fine, coarse = (sa, sb) if sa.repeat < sb.repeat else (sb, sa)
+                if coarse.repeat % fine.repeat or not self._coarsen(fine.space, coarse.repeat // fine.repeat):
+                    reason = f"{node.op} '{node.name}' maps channels {coarse.repeat} to {fine.repeat}, which do not line up"
+                    self.freeze(a, reason)
+                    self.freeze(b, reason)
+                    return False
+                return self.unify(a, b, node)
         for sa, sb in zip(a.segments, b.segments):
             self.coupling.add_edge(sa.space, sb.space)
         return True
@@ -256,6 +349,10 @@ class Tracer:
         self.pad_fixes = [replace(f, before=self.resolve(f.before), after=self.resolve(f.after)) for f in self.pad_fixes]
         self.slice_fixes = [replace(f, before=self.resolve(f.before), inside=self.resolve(f.inside)) for f in self.slice_fixes]
         self.split_fixes = [replace(f, outputs=tuple(self.resolve(o) for o in f.outputs)) for f in self.split_fixes]
+        self.target_fixes = [
+            replace(f, layout=self.resolve(f.layout), entries=tuple(self.resolve(e) if isinstance(e, ChannelLayout) else e for e in f.entries))
+            for f in self.target_fixes
+        ]
 
 
-__all__ = ["ConstSlice", "DimRef", "GroupAttrFix", "PadFix", "ReshapeFix", "SliceFix", "Space", "SplitFix", "Tracer"]
+__all__ = ["ConstSlice", "DimRef", "GroupAttrFix", "PadFix", "ReshapeFix", "SliceFix", "Space", "SplitFix", "TargetFix", "Tracer"]

@@ -244,7 +244,7 @@ class SearchCost:
         for seg in layout.segments:
             gid = self._group_of_space.get(seg.space)
             size = self._sizes.get(gid, seg.length)
-            kept += seg.length * (keep.get(gid, size) / size) if gid is not None else seg.length
+            kept += seg.width * (keep.get(gid, size) / size) if gid is not None else seg.width
         return kept / total if total else 1.0
 
     def macs(self, keep: Mapping[str, int], removed_layers: frozenset[str] = frozenset()) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler import cost as costmod
-from onnxcompress.compiler.channels import ConstSlice, GroupAttrFix, PadFix, ReshapeFix, SliceFix, SplitFix, Tracer
+from onnxcompress.compiler.channels import ConstSlice, GroupAttrFix, PadFix, ReshapeFix, SliceFix, SplitFix, TargetFix, Tracer
 from onnxcompress.compiler.graph import NodeGraph, tensor_vertex
 from onnxcompress.compiler.ops import OP_TABLE, ChannelLayout, Segment, const, shape_value_rule
 
@@ -116,6 +116,7 @@ class Analysis:
     pad_fixes: tuple[PadFix, ...] = ()
     slice_fixes: tuple[SliceFix, ...] = ()
     split_fixes: tuple[SplitFix, ...] = ()
+    target_fixes: tuple[TargetFix, ...] = ()
     space_group: dict[int, str] = field(default_factory=dict)
     tensor_layouts: dict[str, ChannelLayout | None] = field(default_factory=dict)
     _groups_by_id: dict[str, ChannelGroup] = field(default_factory=dict, repr=False)
@@ -282,6 +283,7 @@ def analyze(graph: gs.Graph) -> Analysis:
         pad_fixes=tuple(tracer.pad_fixes),
         slice_fixes=tuple(tracer.slice_fixes),
         split_fixes=tuple(tracer.split_fixes),
+        target_fixes=tuple(tracer.target_fixes),
         space_group=space_group,
         tensor_layouts=layouts,
     )
@@ -304,6 +306,7 @@ __all__ = [
     "ReshapeFix",
     "SliceFix",
     "SplitFix",
+    "TargetFix",
     "ChannelGroup",
     "ChannelLayout",
     "ConstSlice",

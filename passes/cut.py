@@ -1,6 +1,7 @@
 """Cutting channels out of a graph, shared by prune_channels and subset_classes: every constant
-slice, depthwise `group` attribute, Reshape target, channel Pad, Slice and Split that the
-analysis recorded for the touched channel spaces is rewritten in one go."""
+slice, depthwise `group` attribute, Reshape target (flatten, channel shuffle, GroupNorm), channel
+Pad, Slice and Split that the analysis recorded for the touched channel spaces is rewritten in
+one go."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def apply_cut(graph: gs.Graph, analysis: Analysis, keep: dict[int, np.ndarray]) 
         tensor.values = np.ascontiguousarray(np.take(tensor.values, idx, axis=s.axis))
     for fix in analysis.group_attr_fixes:
         if touched.intersection(fix.layout.spaces):
-            nodes[fix.node].attrs["group"] = int(len(fix.layout.indices(keep)))
+            nodes[fix.node].attrs[fix.attr] = int(len(fix.layout.indices(keep)))
     for fix in analysis.reshape_fixes:
         node = nodes[fix.node]
         target = np.array(node.inputs[1].values, dtype=np.int64).reshape(-1)
@@ -99,4 +100,8 @@ def apply_cut(graph: gs.Graph, analysis: Analysis, keep: dict[int, np.ndarray]) 
     for fix in analysis.split_fixes:
         if touched.intersection(sp for o in fix.outputs for sp in o.spaces):
             _fix_split(nodes[fix.node], [_kept(o, keep) for o in fix.outputs])
+    for fix in analysis.target_fixes:
+        if touched.intersection(fix.layout.spaces):
+            target = [_kept(e, keep) if isinstance(e, ChannelLayout) else int(e) for e in fix.entries]
+            _set_const(nodes[fix.node], 1, np.asarray(target, dtype=np.int64))
     return graph

@@ -33,17 +33,16 @@ def _per_index_norm(values: np.ndarray, axis: int, order: int) -> np.ndarray:
 def _channel_scores(s: ConstSlice, per_index: np.ndarray, space: int) -> np.ndarray:
     """Per-channel scores of `space` from per-index scores along a slice's axis."""
     layout = s.layout
-    offset = 0
+    if layout.block is not None:
+        block = per_index.reshape(layout.block)
+        per_index = np.moveaxis(block, layout.block_axis, 0).reshape(layout.block[layout.block_axis], -1).sum(1)
+    out, offset = None, 0
     for seg in layout.segments:
-        if seg.space == space:
-            break
-        offset += seg.length
-    length = next(seg.length for seg in layout.segments if seg.space == space)
-    if layout.block is None:
-        return per_index[offset : offset + length]
-    block = per_index.reshape(layout.block)
-    reduced = np.moveaxis(block, layout.block_axis, 0).reshape(layout.block[layout.block_axis], -1).sum(1)
-    return reduced[offset : offset + length]
+        if seg.space == space:  # the copies of a repeated channel (a shuffle's) add up
+            part = per_index[offset : offset + seg.width].reshape(seg.length, seg.repeat).sum(1)
+            out = part if out is None else out + part
+        offset += seg.width
+    return out
 
 
 def _slices_of(analysis: Analysis, group: ChannelGroup, roles: tuple[str, ...]) -> list[tuple[ConstSlice, int]]:
@@ -51,7 +50,7 @@ def _slices_of(analysis: Analysis, group: ChannelGroup, roles: tuple[str, ...]) 
     out = []
     for s in analysis.slices:
         if s.role in roles:
-            for sp in s.layout.spaces:
+            for sp in dict.fromkeys(s.layout.spaces):  # a space may sit in two segments (a cut shuffle copy)
                 if sp in spaces:
                     out.append((s, sp))
     return out

@@ -253,6 +253,33 @@ def _batch_norm(node: NodeInfo, args: list[Any], ctx: RunContext) -> list[Tensor
     return [F.batch_norm(x, mean, var, scale, bias, training=ctx.training, momentum=momentum, eps=eps)]
 
 
+@handles("InstanceNormalization")
+def _instance_norm(node: NodeInfo, args: list[Any], ctx: RunContext) -> list[Tensor]:
+    x, scale, bias = args[:3]
+    return [F.instance_norm(x, weight=scale, bias=bias, eps=node.attr("epsilon", 1e-5))]
+
+
+@handles("GroupNormalization")
+def _group_norm(node: NodeInfo, args: list[Any], ctx: RunContext) -> list[Tensor]:
+    x, scale, bias = args[:3]
+    groups = node.attr("num_groups")
+    if scale.numel() != x.shape[1]:  # opset 18's per-group scale and bias (deprecated by onnx)
+        raise _unsupported(node, "with a scale per group")
+    return [F.group_norm(x, groups, scale, bias, eps=node.attr("epsilon", 1e-5))]
+
+
+@handles("LayerNormalization")
+def _layer_norm(node: NodeInfo, args: list[Any], ctx: RunContext) -> list[Tensor]:
+    x, scale = args[0], args[1]
+    bias = args[2] if len(args) > 2 and args[2] is not None else None
+    axis = _axis(node.attr("axis", -1), x.dim())
+    dims = list(range(axis, x.dim()))
+    mean = x.mean(dims, keepdim=True)
+    var = ((x - mean) ** 2).mean(dims, keepdim=True)
+    y = (x - mean) / torch.sqrt(var + node.attr("epsilon", 1e-5)) * scale
+    return [y + bias if bias is not None else y]
+
+
 def _pool_geometry(
     node: NodeInfo, x: Tensor, dilated: bool
 ) -> tuple[list[int], list[int], list[int], list[int], list[int]]:

@@ -7,7 +7,7 @@ every other per-op fact the compiler uses.
   (Conv dense/depthwise/grouped, Gemm, MatMul), `channel_rules.py` (ops that keep channels in
   place, and those that couple or move them: elementwise, Concat, Pad, Slice, Split, norms),
   `shape_rules.py` (the shape domain of Shape/Gather/..., Reshape, Flatten, Squeeze, Transpose,
-  reductions);
+  reductions), `regroup_rules.py` (channel shuffle and GroupNorm: reshapes that regroup channels);
 - `facts.py`: OP_FACTS, the per-op flags other modules ask about (which ops a refit looks
   through, which are int8 glue, KD feature maps, ...) and the sets derived from them;
 - `layout.py`: ChannelLayout, Segment, DimRef.

@@ -177,7 +177,7 @@ def _slice(node: gs.Node, ins, tr: "Tracer"):
                     inside.append(seg)
                 elif offset < start:
                     before.append(seg)
-                offset += seg.length
+                offset += seg.width
             tr.member(x, node)
             out = ChannelLayout(x.axis, tuple(inside))
             tr.fix_slice(node, x.axis, ChannelLayout(x.axis, tuple(before)) if before else None, out)
@@ -275,7 +275,7 @@ def _split(node: gs.Node, ins, tr: "Tracer"):
         while offset >= bounds[k]:
             k += 1
         outs[k].append(seg)
-        offset += seg.length
+        offset += seg.width
     layouts = [ChannelLayout(x.axis, tuple(o)) for o in outs]
     tr.member(x, node)
     tr.fix_split(node, x.axis, tuple(layouts))
@@ -382,7 +382,7 @@ def _concat(node: gs.Node, ins, tr: "Tracer"):
                 tr.freeze_all(ins, f"Concat '{node.name}' has an input of unknown width")
                 return [None]
             space = tr.new_space(node, int(shape[axis]), frozen=f"untracked input '{t.name}' of Concat '{node.name}'",
-                                 offset=sum(s.length for s in segments))
+                                 offset=sum(s.width for s in segments))
             segments.append(Segment(space, int(shape[axis])))
         else:
             segments.extend(l.segments)

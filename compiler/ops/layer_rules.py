@@ -86,13 +86,13 @@ def _grouped_conv(node: gs.Node, x: ChannelLayout | None, w: np.ndarray, group: 
 def _group_chunks(x: ChannelLayout, groups: int, per_group: int, tr: "Tracer") -> list[ChannelLayout]:
     """`x` cut into `groups` consecutive chunks of `per_group` channels, each chunk segmented at
     the same relative offsets (the union over chunks of where x's segments end inside them)."""
-    ends = np.cumsum([s.length for s in x.segments]).tolist()
+    ends = np.cumsum([s.width for s in x.segments]).tolist()
     inner = {e % per_group for e in ends}
     x = tr.refine(x, {k * per_group + b for k in range(groups) for b in inner if 0 < k * per_group + b < x.channels})
     chunks, current, size = [], [], 0
     for seg in x.segments:
         current.append(seg)
-        size += seg.length
+        size += seg.width
         if size == per_group:
             chunks.append(ChannelLayout(x.axis, tuple(current)))
             current, size = [], 0

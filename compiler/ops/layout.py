@@ -24,10 +24,18 @@ class DimRef:
 
 @dataclass(frozen=True)
 class Segment:
-    """`length` consecutive channels of one space."""
+    """`length` consecutive channels of one space, each repeated `repeat` times in a row along
+    the axis (`width` = length * repeat positions): position i * repeat + r is channel i. A
+    repeat > 1 comes from a channel shuffle (its g interleaved copies are the same channels of
+    the group) or a GroupNorm (a channel is a whole group of channels)."""
 
     space: int
     length: int
+    repeat: int = 1
+
+    @property
+    def width(self) -> int:
+        return self.length * self.repeat
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,8 @@ class ChannelLayout:
 
     @property
     def channels(self) -> int:
-        return sum(s.length for s in self.segments)
+        """Positions along the channel axis (segments' widths, repeats included)."""
+        return sum(s.width for s in self.segments)
 
     @property
     def spaces(self) -> tuple[int, ...]:
@@ -65,13 +74,13 @@ class ChannelLayout:
                 m[np.asarray(keep[seg.space], dtype=np.int64)] = True
             else:
                 m[:] = True
-            parts.append(m)
+            parts.append(np.repeat(m, seg.repeat) if seg.repeat != 1 else m)
         return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
     def indices(self, keep: dict[int, np.ndarray]) -> np.ndarray:
         """Indices along `axis` to keep. For a plain single-space layout the order of `keep` is
         kept (the class-subset pass reorders outputs); otherwise indices come out sorted."""
-        if self.block is None and len(self.segments) == 1 and self.segments[0].space in keep:
+        if self.block is None and len(self.segments) == 1 and self.segments[0].space in keep and self.segments[0].repeat == 1:
             return np.asarray(keep[self.segments[0].space], dtype=np.int64)
         mask = self.channel_mask(keep)
         if self.block is None:
@@ -79,6 +88,11 @@ class ChannelLayout:
         shape = list(self.block)
         full = np.arange(int(np.prod(shape))).reshape(shape)
         return np.sort(np.take(full, np.flatnonzero(mask), axis=self.block_axis).reshape(-1))
+
+    def scaled(self, factor: int) -> "ChannelLayout":
+        """The layout of a tensor with one entry per `factor` positions of this one (a GroupNorm's
+        per-group parameters): every repeat divided by `factor` (callers check divisibility)."""
+        return ChannelLayout(self.axis, tuple(Segment(s.space, s.length, s.repeat // factor) for s in self.segments))
 
     def width(self) -> int:
         """Size of `axis` in the tensor."""

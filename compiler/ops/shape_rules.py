@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from onnxcompress.compiler.ops.layout import ChannelLayout, DimRef
 from onnxcompress.compiler.ops.channel_rules import _slice_params
+from onnxcompress.compiler.ops.regroup_rules import regroup
 from onnxcompress.compiler.ops.table import _register, const, norm_axis, rank_of, shape_of
 
 
@@ -123,7 +124,12 @@ def _flatten(node: gs.Node, ins, tr: "Tracer"):
 
 @_register("Reshape")
 def _reshape(node: gs.Node, ins, tr: "Tracer"):
+    done = tr.deferred.pop(node.outputs[0].name, None)
+    if done is not None:  # the last op of a channel shuffle or GroupNorm (regroup_rules.py)
+        return [tr.resolve(done)]
     x = ins[0]
+    if x is not None and regroup(node, x, tr):
+        return [None]
     if x is None:
         if len(node.inputs) > 1:  # a target that reads a channel count, on an untracked tensor
             tr.freeze_channel_reads(node.inputs[1].name, f"Reshape '{node.name}' uses a channel count in its target")

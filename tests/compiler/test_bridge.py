@@ -259,6 +259,21 @@ def test_batchnorm_inference() -> None:
     assert {k for k in module.state_dict() if k.startswith("stats.")} == {"stats.t_m", "stats.t_v"}
 
 
+def test_instance_group_and_layer_norms() -> None:
+    # GroupNorm as PyTorch exports it (InstanceNormalization over [N, groups, -1]) and as an op
+    inits = [init("s", rand(4)), init("b", rand(4))]
+    node = helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"], epsilon=1e-5)
+    assert_matches_ort(make_model([node], [2, 4, 12], initializers=inits, opset=17), rand(2, 4, 12))
+    inits = [init("s", rand(8)), init("b", rand(8))]
+    node = helper.make_node("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=4, epsilon=1e-5)
+    assert_matches_ort(make_model([node], [2, 8, 3, 3], initializers=inits, opset=21), rand(2, 8, 3, 3))
+    for axis, shape in ((-1, [6]), (1, [3, 4, 4])):
+        inits = [init("s", rand(*shape)), init("b", rand(*shape))]
+        node = helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"], axis=axis, epsilon=1e-5)
+        assert_matches_ort(make_model([node], [2, 3, 4, 4] if axis == 1 else [2, 5, 6], initializers=inits, opset=17),
+                           rand(*([2, 3, 4, 4] if axis == 1 else [2, 5, 6])))
+
+
 @pytest.mark.parametrize(
     "op, attrs",
     [

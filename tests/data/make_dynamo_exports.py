@@ -4,11 +4,14 @@ TorchScript exporter's: opset 18+, `Reshape(x, [-1, C], allowzero=1)` flattens, 
 with axes as an input, BN already folded. The tests read the committed files, so they need
 neither onnxscript (which this exporter requires) nor this script.
 
-    pip install onnxscript && python tests/data/make_dynamo_exports.py   # torch 2.13, onnxscript 0.7.2
+    pip install onnxscript && python tests/data/make_dynamo_exports.py [NAME ...]   # torch 2.13, onnxscript 0.7.2
+
+The ShuffleNetV2 stage and the GroupNorm block are the ones of tests/passes/test_shuffle_groupnorm.py.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -16,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
 
 
 def cbr(i: int, o: int, s: int = 1, g: int = 1, act=nn.ReLU6) -> nn.Sequential:
@@ -79,17 +83,24 @@ NETS = {
     "efficientnet": lambda: MobileNetish(nn.SiLU, se=True),
     "densenet": DenseNetish,
     "vgg": VGGish,
+    "shufflenet": lambda: __import__("tests.passes.test_shuffle_groupnorm", fromlist=["ShuffleStage"]).ShuffleStage(),
+    "groupnorm": lambda: __import__("tests.passes.test_shuffle_groupnorm", fromlist=["GroupNormBlock"]).GroupNormBlock(),
 }
 
 
 def main() -> None:
     for name, make in NETS.items():
+        if sys.argv[1:] and name not in sys.argv[1:]:
+            continue
         torch.manual_seed(0)
         net = make().eval()
         for m in net.modules():  # non-trivial BN statistics, as after training
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 2.0)
+            if isinstance(m, nn.GroupNorm):
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.2, 0.2)
         path = HERE / f"dynamo_{name}.onnx"
         torch.onnx.export(net, (torch.zeros(2, 3, 16, 16),), str(path), input_names=["x"], output_names=["y"], dynamo=True,
                           dynamic_shapes=({0: torch.export.Dim("N")},), external_data=False)
