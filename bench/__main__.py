@@ -1,5 +1,5 @@
 """`python -m bench all [--quick]` runs every benchmark and rebuilds BENCHMARKS.md;
-`python -m bench NAME` runs one (structural, quantize, search, landscape, finetune, peers, anchors, e2e, memory)."""
+`python -m bench NAME` runs one (structural, quantize, search, landscape, finetune, peers, anchors, e2e, memory, transfer)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ BENCHES = {
     "anchors": "bench.anchors_bench",
     "e2e": "bench.e2e_bench",
     "memory": "bench.memory_bench",
+    "transfer": "bench.transfer_bench",
 }
 # how each benchmark spells quick mode (the search benchmark takes an episode budget instead)
 QUICK_ARGS = {"search": ["--episodes", "16", "--speed-plans", "4"]}
