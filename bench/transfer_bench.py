@@ -193,7 +193,7 @@ def plot(runs: list[dict], path: Path) -> None:
     ax.axhline(100 * np.mean([r["scratch"].uniform for r in runs]), color="grey", ls=":", label="uniform plan (compress's baseline)")
     ax.set_xlabel("evaluations (episodes)")
     ax.set_ylabel("best-so-far validation reward (%)")
-    ax.set_title(f"reinforce on ResNet-56, {TARGET}: mean over {len(runs)} seed(s) (band: min-max)")
+    ax.set_title(f"reinforce, ResNet-56, {TARGET}: mean of {len(runs)} seed(s)" + (" (band: min-max)" if len(runs) > 1 else ""), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
