@@ -200,9 +200,8 @@ def plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def report(runs: list[dict], args, command: str, wall: float, quick: bool, note: str = "") -> str:
+def report(runs: list[dict], args, command: str, wall: float, name: str, note: str = "") -> str:
     rows, s = summary(runs, args.episodes)
-    name = "transfer_quick" if quick else "transfer"
     plot(runs, RESULTS / f"{name}.png")
     (RESULTS / f"{name}_raw.json").write_text(json.dumps(
         [{"seed": r["seed"], **{k: r[k].to_json() for k in ("source", "scratch", "transfer")}} for r in runs], indent=1))
@@ -261,25 +260,28 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--source-episodes", type=int, help="ResNet-20 episodes (the policy's training)")
     ap.add_argument("--images", type=int, help="validation images (compress's --val-size)")
     ap.add_argument("--workers", type=int, help="evaluation processes (results do not depend on it)")
-    ap.add_argument("--from-raw", metavar="JSON", help="write the report from the curves a run saved (transfer_partial.json: the "
-                    "seeds a run finished, kept should it be stopped); the other options must be those of that run")
+    ap.add_argument("--name", help="result name: bench/results/NAME.md, .png, _raw.json (default transfer, quick: transfer_quick)")
+    ap.add_argument("--from-raw", metavar="JSON", help="write the report from the curves a run saved (NAME_raw.json, or "
+                    "NAME_partial.json: the seeds a run finished, kept should it be stopped); the other options must be those of that run")
+    ap.add_argument("--note", default="", help="a sentence added to the report (e.g. at which commit a --from-raw run searched)")
     args = ap.parse_args(argv)
     base = QUICK if args.quick else DEFAULTS
     for k, v in base.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     seeds = [int(s) for s in str(args.seeds).split(",")]
+    name = args.name or ("transfer_quick" if args.quick else "transfer")
     command = "python -m bench transfer " + " ".join(argv)
     if args.from_raw:
         raw = json.loads(Path(args.from_raw).read_text())
         runs = [{"seed": r["seed"], **{k: Run.from_json(r[k]) for k in ("source", "scratch", "transfer")}} for r in raw]
         wall = float(sum(r[k].wall_s for r in runs for k in ("source", "scratch", "transfer")))  # the searches only
         args.seeds = ",".join(str(r["seed"]) for r in runs)
-        note = (f"Written from the curves of the seeds that finished ({args.seeds}); the wall time above is the sum of their "
-                "searches.")
-        text = report(runs, args, command.strip(), wall, args.quick, note)
+        note = (f"Written with --from-raw from the saved curves of seed(s) {args.seeds}; the wall time above is the sum of their "
+                f"searches. {args.note}")
+        text = report(runs, args, command.strip(), wall, name, note)
         print(text)
-        print(f"wrote {write_result('transfer_quick' if args.quick else 'transfer', text)}")
+        print(f"wrote {write_result(name, text)}")
         return
     require_realdata()
     t0 = time.perf_counter()
@@ -288,10 +290,10 @@ def main(argv: list[str]) -> None:
         for seed in seeds:
             runs.append(run_seed(seed, args.episodes, args.source_episodes, args.images, args.workers, Path(tmp)))
             # the seeds so far, kept should a later seed not finish
-            partial = RESULTS / f"transfer{'_quick' if args.quick else ''}_partial.json"
+            partial = RESULTS / f"{name}_partial.json"
             partial.write_text(json.dumps([{"seed": r["seed"], **{k: r[k].to_json() for k in ("source", "scratch", "transfer")}} for r in runs]))
-    text = report(runs, args, command.strip(), time.perf_counter() - t0, args.quick)
-    path = write_result("transfer_quick" if args.quick else "transfer", text)
+    text = report(runs, args, command.strip(), time.perf_counter() - t0, name, args.note)
+    path = write_result(name, text)
     print(text)
     print(f"wrote {path}")
 
