@@ -1,5 +1,6 @@
 """`python -m bench all [--quick]` runs every benchmark and rebuilds BENCHMARKS.md;
-`python -m bench NAME` runs one (structural, quantize, search, landscape, finetune, peers, anchors, e2e, memory, zoo)."""
+`python -m bench NAME` runs one (structural, quantize, search, landscape, finetune, peers, anchors, e2e, memory, zoo,
+transfer)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ BENCHES = {
     "e2e": "bench.e2e_bench",
     "memory": "bench.memory_bench",
     "zoo": "bench.zoo_bench",
+    "transfer": "bench.transfer_bench",
 }
 # benchmarks that need an environment of their own: `all` skips them, with their message, when it is missing
 OPTIONAL = {"zoo"}

@@ -363,16 +363,17 @@ class SearchOutcome:
 DEFAULT_EPISODES = {"ddpg": 60, "reinforce": 60, "haq": 40, "random": 60, "uniform": 12, "greedy": 40}
 
 
-def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, config: CompressConfig, save_policy, load_policy,
-            hardware=None, budget: TimeBudget | None = None) -> SearchOutcome:  # noqa: ANN001 - a compiler.device.Device
-    from onnxcompress.search import depth, structure
+def search_config_for(config: CompressConfig, save_policy=None, load_policy=None, hardware=None):  # noqa: ANN001 - a compiler.device.Device
+    """The SearchConfig compress searches its first structure family with (before the uniform
+    baseline picks the channel criterion, see _uniform_baseline): the agent, episodes, seed,
+    validation and calibration sizes, widths and policy files of `config`. Benchmarks that
+    study the search (bench/transfer_bench.py) start from it, so they search as compress does."""
     from onnxcompress.compiler.hardware import channel_multiple
-    from onnxcompress.search.driver import SearchConfig, run_search
-    from onnxcompress.search.executors import ExecutorConfig
+    from onnxcompress.search.driver import SearchConfig
 
     agent = config.agent or _default_agent(config.targets[0])
     episodes = config.episodes or DEFAULT_EPISODES.get(agent, 40)
-    search_config = SearchConfig(
+    return SearchConfig(
         agent=agent,
         episodes=episodes,
         targets=config.targets,
@@ -391,6 +392,16 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
         criterion=CRITERIA[0],
         providers=hardware.providers if hardware is not None else ("CPUExecutionProvider",),
     )
+
+
+def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, config: CompressConfig, save_policy, load_policy,
+            hardware=None, budget: TimeBudget | None = None) -> SearchOutcome:  # noqa: ANN001 - a compiler.device.Device
+    from onnxcompress.search import depth, structure
+    from onnxcompress.search.driver import run_search
+    from onnxcompress.search.executors import ExecutorConfig
+
+    search_config = search_config_for(config, save_policy, load_policy, hardware)
+    agent, episodes = search_config.agent, search_config.episodes
     executor = ExecutorConfig(kind="ray" if config.executor == "ray" else "local", workers=config.workers, ray_address=config.ray_address)
     structural = all(t.size is None for t in config.targets)
     baseline, baselines = None, []

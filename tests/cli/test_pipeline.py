@@ -129,3 +129,19 @@ def test_large_training_sets_fine_tune_in_large_batches_on_every_core():
     assert (small.batch_size, small.threads) == (16, 1)
     assert (large.batch_size, large.threads) == (64, os.cpu_count() or 1)
     assert finetune_config(3, 0, None).batch_size == 16  # probes: the small-data recipe
+
+
+def test_search_config_for_is_what_compress_searches_with():
+    """bench/transfer_bench.py searches with pipeline.search_config_for: it must carry compress's
+    options (agent, episodes, seed, validation and calibration sizes, widths, policy files)."""
+    from onnxcompress.config import CompressConfig
+    from onnxcompress.pipeline import DEFAULT_EPISODES, search_config_for
+
+    config = CompressConfig.from_options("macs=0.5", agent="reinforce", episodes=7, seed=3, val_size=50, calib_size=32,
+                                         channel_multiple=4, progress=False)
+    cfg = search_config_for(config, save_policy="a.pt", load_policy="b.pt")
+    assert (cfg.agent, cfg.episodes, cfg.seed, cfg.val_limit, cfg.calib_limit, cfg.channel_multiple) == ("reinforce", 7, 3, 50, 32, 4)
+    assert (cfg.save_policy, cfg.load_policy) == ("a.pt", "b.pt")
+    assert cfg.targets == config.targets and cfg.resolved_stages() == ("remove", "prune")
+    default = search_config_for(CompressConfig.from_options("macs=0.5", progress=False))
+    assert default.agent == "ddpg" and default.episodes == DEFAULT_EPISODES["ddpg"] and default.load_policy is None
