@@ -26,7 +26,7 @@ CRITERIA = ("l1", "l2", "bn", "activation", "apoz")
 DATA_CRITERIA = ("activation", "apoz")
 
 
-NORM_BLOCK_ELEMENTS = 1 << 23  # float64 temporaries of at most 64 MB (a whole VGG fc weight would be 0.8 GB, twice)
+NORM_BLOCK_ELEMENTS = 1 << 20  # float64 temporaries of 8 MB (for a whole VGG fc weight: 0.8 GB, three of them)
 
 
 def _per_index_norm(values: np.ndarray, axis: int, order: int) -> np.ndarray:
@@ -37,7 +37,8 @@ def _per_index_norm(values: np.ndarray, axis: int, order: int) -> np.ndarray:
     out = np.empty(n)
     for i in range(0, n, step):
         part = values[(slice(None),) * axis + (slice(i, i + step),)]
-        moved = np.moveaxis(np.abs(part.astype(np.float64)), axis, 0).reshape(part.shape[axis], -1)
+        wide = part.astype(np.float64)
+        moved = np.moveaxis(np.abs(wide, out=wide), axis, 0).reshape(part.shape[axis], -1)
         out[i : i + step] = moved.sum(1) if order == 1 else np.sqrt((moved**2).sum(1))
     return out
 
