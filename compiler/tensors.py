@@ -79,6 +79,8 @@ class ConstMeta:
         return iter(self._constant.values)
 
     def __getattr__(self, name: str):
+        if name.startswith("__") or name == "_constant":  # copy/pickle protocols, a half-built object
+            raise AttributeError(name)
         return getattr(self._constant.values, name)
 
     def __repr__(self) -> str:

@@ -43,7 +43,7 @@ def _read(model: PathLike | onnx.ModelProto, data: PathLike | Dataset | None = N
 
 def load(model: PathLike | onnx.ModelProto, input_size: tuple[int, int] | None = None) -> onnx.ModelProto:
     """A model in the canonical form every pass and the search work on."""
-    return canonicalize(_read(model, input_size=input_size))
+    return canonicalize(_read(model, input_size=input_size), in_place=not isinstance(model, onnx.ModelProto))  # a file read here: no copy
 
 
 def inspect(model: PathLike, input_size: tuple[int, int] | None = None) -> dict[str, Any]:

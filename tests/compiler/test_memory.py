@@ -107,3 +107,20 @@ def test_inspect_and_apply_hold_no_second_copy_of_the_weights(tmp_path: Path) ->
     peak, student = _traced_peak(lambda: api.apply(path, plan))
     assert len(student.graph.initializer) == 4
     assert peak < 2.0 * size, f"apply traced {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB model"
+
+
+def test_const_meta_answers_like_the_values() -> None:
+    from onnxcompress.compiler.onnx_io import import_graph
+    from onnxcompress.compiler.ops import const, rank_of, shape_of
+    from onnxcompress.compiler.tensors import ConstMeta, read_values
+
+    graph = import_graph(big_head_model(hidden=8, side=8))  # w2: 8 x 4096 floats, 128 KiB
+    w = next(t for t in graph.tensors().values() if t.name == "w2")
+    meta = const(w)
+    assert isinstance(meta, ConstMeta) and isinstance(const(next(t for t in graph.tensors().values() if t.name == "b2")), np.ndarray)
+    assert (meta.shape, meta.ndim, meta.size, meta.dtype) == ((8, 4096), 2, 8 * 4096, np.dtype(np.float32))
+    assert shape_of(w) == (8, 4096) and rank_of(w) == 2
+    peeked = read_values(w)
+    assert isinstance(w._values, LazyValues)  # reading did not store the values in the graph
+    assert np.array_equal(np.asarray(meta), peeked) and np.array_equal(meta.reshape(-1), peeked.reshape(-1))
+    assert np.array_equal(w.values, peeked)  # anything else loads them, as gs does
