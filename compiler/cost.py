@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 from onnxcompress.compiler.onnx_io import is_quantized
 from onnxcompress.compiler.ops import ChannelLayout, const
 from onnxcompress.compiler.ops import LAYER_OPS, WEIGHT_PRECISIONS
+from onnxcompress.compiler.tensors import varint_size, copy_set_fields, serialized_tensor_size
 
 if TYPE_CHECKING:  # pragma: no cover
     from onnxcompress.compiler.ir import Analysis
@@ -63,7 +64,7 @@ def node_macs(node: gs.Node) -> int:
 def node_params(node: gs.Node) -> int:
     """Float parameters held by a node's constant inputs (weights, bias, BN, ...)."""
     return sum(
-        int(t.values.size) for t in node.inputs if isinstance(t, gs.Constant) and np.issubdtype(t.values.dtype, np.floating)
+        int(c.size) for c in map(const, node.inputs) if c is not None and np.issubdtype(c.dtype, np.floating)
     )
 
 
@@ -109,40 +110,12 @@ def model_params(model: onnx.ModelProto) -> int:
     return count
 
 
-def _varint_size(n: int) -> int:
-    return max(1, (n.bit_length() + 6) // 7)
-
-
-def _tensor_size(tensor: onnx.TensorProto) -> int:
-    """Serialised bytes of a TensorProto, without serialising its raw data (whose length is its
-    element count times the element size)."""
-    if not tensor.HasField("raw_data"):
-        return tensor.ByteSize()
-    stub = onnx.TensorProto()
-    _copy_set_fields(tensor, stub, ("name", "data_type", "doc_string", "segment", "data_location"))
-    stub.dims.extend(tensor.dims)
-    stub.external_data.extend(tensor.external_data)
-    stub.metadata_props.extend(tensor.metadata_props)
-    n = int(np.prod(tensor.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    return stub.ByteSize() + 1 + _varint_size(n) + n  # field 9 (raw_data): one tag byte, length, data
-
-
-def _copy_set_fields(src, dst, names: tuple[str, ...]) -> None:  # noqa: ANN001 - protobuf messages
-    for name in names:
-        if src.HasField(name):
-            value = getattr(src, name)
-            if hasattr(value, "CopyFrom"):
-                getattr(dst, name).CopyFrom(value)
-            else:
-                setattr(dst, name, value)
-
-
 def serialized_size(model: onnx.ModelProto) -> int:
     """`model.ByteSize()`, computed without serialising the weights: protobuf's Python runtime
     serialises the whole message to size it (1 GB of transient copies and 1.7 s for a 550 MB
     VGG-16). Exact (tests compare it with ByteSize)."""
     head = onnx.ModelProto()
-    _copy_set_fields(model, head, ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"))
+    copy_set_fields(model, head, ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"))
     head.opset_import.extend(model.opset_import)
     head.metadata_props.extend(model.metadata_props)
     head.functions.extend(model.functions)
@@ -150,7 +123,7 @@ def serialized_size(model: onnx.ModelProto) -> int:
     if not model.HasField("graph"):
         return head.ByteSize()
     graph = onnx.GraphProto()
-    _copy_set_fields(model.graph, graph, ("name", "doc_string"))
+    copy_set_fields(model.graph, graph, ("name", "doc_string"))
     graph.node.extend(model.graph.node)
     graph.input.extend(model.graph.input)
     graph.output.extend(model.graph.output)
@@ -160,9 +133,9 @@ def serialized_size(model: onnx.ModelProto) -> int:
     graph.metadata_props.extend(model.graph.metadata_props)
     graph_size = graph.ByteSize()
     for init in model.graph.initializer:
-        size = _tensor_size(init)
-        graph_size += 1 + _varint_size(size) + size  # GraphProto field 5: tag, length, tensor
-    return head.ByteSize() + 1 + _varint_size(graph_size) + graph_size  # ModelProto field 7: tag, length, graph
+        size = serialized_tensor_size(init)
+        graph_size += 1 + varint_size(size) + size  # GraphProto field 5: tag, length, tensor
+    return head.ByteSize() + 1 + varint_size(graph_size) + graph_size  # ModelProto field 7: tag, length, graph
 
 
 def model_cost(model: onnx.ModelProto, graph: gs.Graph | None = None) -> ModelCost:
@@ -182,9 +155,9 @@ def _quantized_macs(graph: gs.Graph) -> int:
         w_t = node.inputs[1]
         shape = None
         if isinstance(w_t, gs.Constant):
-            shape = w_t.values.shape
+            shape = const(w_t).shape
         elif w_t.inputs and w_t.inputs[0].op == "DequantizeLinear" and isinstance(w_t.inputs[0].inputs[0], gs.Constant):
-            shape = w_t.inputs[0].inputs[0].values.shape
+            shape = const(w_t.inputs[0].inputs[0]).shape
         elif w_t.shape is not None:
             shape = _int_dims(w_t.shape)
         if shape is None:

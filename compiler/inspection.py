@@ -32,30 +32,43 @@ def quantized_weights(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def inspect_model(name: str, original: onnx.ModelProto, canonical: onnx.ModelProto | None = None) -> tuple[dict[str, Any], Analysis]:
+def inspect_model(name: str, original: onnx.ModelProto, canonical: onnx.ModelProto | None = None,
+                  consume: bool = False) -> tuple[dict[str, Any], Analysis]:
     """The `inspect --json` document for a model (costs of the canonical form, at batch 1; a QDQ
-    model is read as it is: canonicalisation would fold its integer weights back to float)."""
-    if canonical is None:
-        canonical = original if is_quantized(original) else canonicalize(original)
-    graph = import_graph(canonical)
-    analysis = analyze(graph)
-    cost = model_cost(canonical, graph)
+    model is read as it is: canonicalisation would fold its integer weights back to float).
+    `consume`: the caller gives `original` up (it is canonicalised in place and dropped once its
+    own facts are read), so that one copy of the weights is in memory during the analysis."""
     inits = {i.name for i in original.graph.initializer}
-    doc = {
-        "model": name,
+    quantized = is_quantized(original)
+    head = {  # what the user's file says, read before it is canonicalised
         "opset": opset_of(original),
         "inputs": [_value_info(i) for i in original.graph.input if i.name not in inits],
         "outputs": [_value_info(o) for o in binary_head.restore_single_score(original).graph.output],  # as the user's file has them
+        "size_bytes": serialized_size(original),
+        "quantized_weights": quantized_weights(original) if quantized else None,
+        "binary_head": binary_head.recorded(original),
+    }
+    if canonical is None:
+        canonical = original if quantized else canonicalize(original, in_place=consume)
+    original = None  # noqa: F841 - with `consume`, the last reference to the user's model
+    graph = import_graph(canonical)
+    analysis = analyze(graph)
+    cost = model_cost(canonical, graph)
+    doc = {
+        "model": name,
+        "opset": head["opset"],
+        "inputs": head["inputs"],
+        "outputs": head["outputs"],
         "macs": cost.macs,
         "params": cost.params,
-        "size_bytes": serialized_size(original),
+        "size_bytes": head["size_bytes"],
         "layers": [l.to_json() for l in analysis.layers],
         "groups": [g.to_json() for g in analysis.groups],
         "removable": [u.to_json() for u in analysis.removable],
         "quantizable": list(analysis.quantizable),
         "frozen": [{"what": f.what, "reason": f.reason} for f in analysis.frozen],
-        "quantized_weights": quantized_weights(original) if is_quantized(original) else None,
-        "binary_head": binary_head.recorded(original),
+        "quantized_weights": head["quantized_weights"],
+        "binary_head": head["binary_head"],
     }
     return doc, analysis
 

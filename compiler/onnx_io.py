@@ -450,6 +450,40 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     return gs.import_onnx(model)
 
 
+EXPORT_STUB_MIN_BYTES = 4096
+
+
+def _export_onnx(graph: gs.Graph) -> onnx.ModelProto:
+    """gs.export_onnx with one copy of the weights instead of three: onnx-graphsurgeon builds a
+    GraphProto (a copy of every weight) that onnx.helper.make_model copies once more into the
+    model. Large constants are exported as empty stubs, and each then receives, in place, the
+    TensorProto onnx-graphsurgeon itself makes of it (the same bytes)."""
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+    from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
+
+    io = {t.name for t in graph.inputs + graph.outputs}
+    big: dict[str, gs.Constant] = {}
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) and t.name not in io and not isinstance(t._values, SparseValues):
+            nbytes = t._values.nbytes if isinstance(t._values, (LazyValues, np.ndarray)) else 0
+            if nbytes > EXPORT_STUB_MIN_BYTES:
+                big[t.name] = t
+    saved = {name: t._values for name, t in big.items()}
+    try:
+        for name, t in big.items():
+            t._values = LazyValues(onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=[0]))
+        model = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for name, t in big.items():
+            t._values = saved[name]
+    del saved
+    for init in model.graph.initializer:
+        t = big.get(init.name)
+        if t is not None:
+            init.CopyFrom(OnnxExporter.export_tensor_proto(t))
+    return model
+
+
 def export_graph(graph: gs.Graph, template: onnx.ModelProto | None = None, infer: bool = True) -> onnx.ModelProto:
     """onnx-graphsurgeon graph -> ONNX model with fresh shape information and the template's
     metadata (producer, metadata_props, extra opset domains)."""
@@ -457,7 +491,7 @@ def export_graph(graph: gs.Graph, template: onnx.ModelProto | None = None, infer
     for t in graph.tensors().values():
         if isinstance(t, gs.Variable) and t not in graph.inputs and t not in graph.outputs:
             t.shape = None  # stale after a rewrite; shape inference recomputes it
-    model = gs.export_onnx(graph, do_type_check=False)
+    model = _export_onnx(graph)
     if template is not None:
         # ir_version < 4 requires initializers listed as graph inputs; never go below 7; a pass
         # that raised the opset (int4 weights need opset 21, hence IR 10) raised graph.ir_version
@@ -506,12 +540,14 @@ def validate_classifier(model: onnx.ModelProto) -> None:
                 raise ModelError(f"weight '{init.name}' contains NaN or Inf values; the model is damaged")
 
 
-def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
+def canonicalize(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
     """The canonical form described in this module's docstring. Lossless: outputs are unchanged up
-    to float rounding (checked by tests against onnxruntime on real data)."""
+    to float rounding (checked by tests against onnxruntime on real data). `in_place`: the caller
+    gives `model` up (it is changed, and must not be used afterwards), which spares a copy of
+    every weight; once the caller drops it, only the canonical model holds them."""
     validate_classifier(model)
     try:
-        return _canonicalize(model)
+        return _canonicalize(model, in_place)
     except CompressError:
         raise
     except Exception as exc:  # a model the checker accepts but that is inconsistent inside
@@ -519,13 +555,14 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
         raise ModelError(f"cannot import the model ({type(exc).__name__}: {first}); is it a valid CNN classifier?") from None
 
 
-def _canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
+def _canonicalize(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
     template = onnx.ModelProto(ir_version=model.ir_version)  # what export_graph takes from the original
     template.opset_import.extend(model.opset_import)
     template.metadata_props.extend(model.metadata_props)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # never touch the caller's model
-    model = copy
+    if not in_place:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # never touch the caller's model
+        model = copy
     model = _widen_fp16(model)
     model = _upgrade_opset(model)
     model = _symbolic_batch(model)

@@ -22,6 +22,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxcompress.compiler.tensors import serialized_tensor_size
+
+
 def _batch_params(model: onnx.ModelProto) -> set[str]:
     """The symbolic batch dimension(s) of the graph inputs: the only dims that may stay symbolic."""
     inits = {i.name for i in model.graph.initializer}
@@ -202,7 +205,7 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     light.sparse_initializer.extend(graph.sparse_initializer)
     declared = {i.name for i in graph.input}
     for init in graph.initializer:
-        if init.ByteSize() <= WEIGHTLESS_MAX_BYTES:
+        if serialized_tensor_size(init) <= WEIGHTLESS_MAX_BYTES:  # ByteSize() would serialise the tensor
             light.initializer.append(init)
         elif init.name not in declared:
             light.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))

@@ -43,12 +43,12 @@ def _read(model: PathLike | onnx.ModelProto, data: PathLike | Dataset | None = N
 
 def load(model: PathLike | onnx.ModelProto, input_size: tuple[int, int] | None = None) -> onnx.ModelProto:
     """A model in the canonical form every pass and the search work on."""
-    return canonicalize(_read(model, input_size=input_size))
+    return canonicalize(_read(model, input_size=input_size), in_place=not isinstance(model, onnx.ModelProto))  # a file read here: no copy
 
 
 def inspect(model: PathLike, input_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """The `inspect --json` document of DESIGN.md (`input_size`: for a dynamic height/width)."""
-    doc, _ = inspect_model(Path(model).name, _read(model, input_size=input_size))
+    doc, _ = inspect_model(Path(model).name, _read(model, input_size=input_size), consume=True)  # a model read here, for here
     return doc
 
 
@@ -83,7 +83,21 @@ def apply(
 ) -> onnx.ModelProto:
     """Replays a plan on a model; `data` supplies calibration images for data-driven passes. The
     result records the preprocessing (given, else the model's) in its metadata."""
-    canonical = canonicalize(_read(model, data, input_size))
+    # a model read from a file here is canonicalised in place: one copy of its weights, not two
+    canonical = canonicalize(_read(model, data, input_size), in_place=not isinstance(model, onnx.ModelProto))
+    return apply_canonical(canonical, plan, data, preprocess, calib_size, seed)
+
+
+def apply_canonical(
+    canonical: onnx.ModelProto,
+    plan: Plan | dict | PathLike,
+    data: PathLike | None = None,
+    preprocess: Preprocess | None = None,
+    calib_size: int = 256,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """`apply` on a model already in the canonical form (`load`): what `onnxcompress apply` runs,
+    having canonicalised the user's model once (for the cost before) and dropped it."""
     if not isinstance(plan, Plan):
         plan = Plan.from_json(plan) if isinstance(plan, (dict, list)) else Plan.load(plan)
     preprocess = preprocess or Preprocess.from_model(canonical)

@@ -80,8 +80,8 @@ def preprocess_from_args(args, model):
 def cmd_inspect(args) -> int:
     from onnxcompress.compiler.inspection import format_inspection, inspect_model
 
-    original = load_input_model(args.model, args)
-    doc, analysis = inspect_model(Path(args.model).name, original)
+    # the model is handed over (consume): canonicalised in place, one copy of its weights in memory
+    doc, analysis = inspect_model(Path(args.model).name, load_input_model(args.model, args), consume=True)
     print(json.dumps(doc, indent=1) if args.json else format_inspection(doc, analysis))
     return 0
 
@@ -98,9 +98,14 @@ def cmd_apply(args) -> int:
         preprocessing_note(args, original, args.data)
     preprocess = preprocess_from_args(args, original)
     from onnxcompress.compiler.cost import model_cost
+    from onnxcompress.compiler.onnx_io import canonicalize
 
-    before = model_cost(api.load(original))  # before the student exists: one big model in memory at a time
-    student = api.apply(original, plan, data=args.data, preprocess=preprocess, seed=args.seed)  # a sigmoid head restored
+    # canonicalised once, in place: from here on the canonical model is the only copy of the weights
+    canonical = canonicalize(original, in_place=True)
+    del original
+    before = model_cost(canonical)
+    student = api.apply_canonical(canonical, plan, data=args.data, preprocess=preprocess, seed=args.seed)  # a sigmoid head restored
+    del canonical
     with interrupts.committing():
         save_model_atomic(student, out)
     after = model_cost(student)

@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler.ir import Analysis
 from onnxcompress.compiler.ops import ChannelLayout, rank_of
+from onnxcompress.compiler.tensors import read_values
 
 
 def _kept(layout: ChannelLayout | None, keep: dict[int, np.ndarray]) -> int:
@@ -77,7 +78,7 @@ def apply_cut(graph: gs.Graph, analysis: Analysis, keep: dict[int, np.ndarray]) 
         node = nodes[s.node]
         tensor = node.inputs[s.input_index]
         idx = s.layout.indices(keep)
-        tensor.values = np.ascontiguousarray(np.take(tensor.values, idx, axis=s.axis))
+        tensor.values = np.ascontiguousarray(np.take(read_values(tensor), idx, axis=s.axis))  # the full weight is not kept
     for fix in analysis.group_attr_fixes:
         if touched.intersection(fix.layout.spaces):
             nodes[fix.node].attrs[fix.attr] = int(len(fix.layout.indices(keep)))

@@ -20,14 +20,27 @@ import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler.ir import Analysis, ChannelGroup, ConstSlice
 from onnxcompress.compiler.errors import PlanError
+from onnxcompress.compiler.tensors import read_values
 
 CRITERIA = ("l1", "l2", "bn", "activation", "apoz")
 DATA_CRITERIA = ("activation", "apoz")
 
 
+NORM_BLOCK_ELEMENTS = 1 << 20  # float64 temporaries of 8 MB (for a whole VGG fc weight: 0.8 GB, three of them)
+
+
 def _per_index_norm(values: np.ndarray, axis: int, order: int) -> np.ndarray:
-    moved = np.moveaxis(np.abs(values.astype(np.float64)), axis, 0).reshape(values.shape[axis], -1)
-    return moved.sum(1) if order == 1 else np.sqrt((moved**2).sum(1))
+    """L1 or L2 norm of each index along `axis`, a block of indices at a time (each row's sum is
+    the one the whole array would give)."""
+    n = values.shape[axis]
+    step = max(1, NORM_BLOCK_ELEMENTS // max(1, values.size // max(n, 1)))
+    out = np.empty(n)
+    for i in range(0, n, step):
+        part = values[(slice(None),) * axis + (slice(i, i + step),)]
+        wide = part.astype(np.float64)
+        moved = np.moveaxis(np.abs(wide, out=wide), axis, 0).reshape(part.shape[axis], -1)
+        out[i : i + step] = moved.sum(1) if order == 1 else np.sqrt((moved**2).sum(1))
+    return out
 
 
 def _channel_scores(s: ConstSlice, per_index: np.ndarray, space: int) -> np.ndarray:
@@ -60,7 +73,7 @@ def weight_scores(graph: gs.Graph, analysis: Analysis, group: ChannelGroup, orde
     nodes = {n.name: n for n in graph.nodes}
     total = np.zeros(group.channels)
     for s, space in _slices_of(analysis, group, roles):
-        values = nodes[s.node].inputs[s.input_index].values
+        values = read_values(nodes[s.node].inputs[s.input_index])
         norms = _channel_scores(s, _per_index_norm(values, s.axis, order), space)
         total += norms / (norms.mean() + 1e-12)
     return total
@@ -73,7 +86,7 @@ def bn_scores(graph: gs.Graph, analysis: Analysis, group: ChannelGroup) -> np.nd
     nodes = {n.name: n for n in graph.nodes}
     total = np.zeros(group.channels)
     for s, space in pairs:
-        total += np.abs(_channel_scores(s, nodes[s.node].inputs[s.input_index].values.astype(np.float64), space))
+        total += np.abs(_channel_scores(s, read_values(nodes[s.node].inputs[s.input_index]).astype(np.float64), space))
     return total
 
 
@@ -100,7 +113,7 @@ def activation_scores(
         if kind == "apoz":
             per_index = (moved > 0).mean(axis=(0, 2))
         else:
-            w = nodes[s.node].inputs[s.input_index].values
+            w = read_values(nodes[s.node].inputs[s.input_index])
             per_index = np.abs(moved).mean(axis=(0, 2)) * _per_index_norm(w, s.axis, 2)
         scores = _channel_scores(s, per_index, space)
         total += scores / (scores.mean() + 1e-12)

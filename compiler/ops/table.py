@@ -9,6 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler.ops.layout import ChannelLayout, Rule
+from onnxcompress.compiler.tensors import ConstMeta, const_view
 
 
 @dataclass(frozen=True)
@@ -37,18 +38,20 @@ def _register(*ops: str, quantizable: bool = False, layer: bool = False) -> Call
 
 def rank_of(t: gs.Tensor) -> int | None:
     if isinstance(t, gs.Constant):
-        return t.values.ndim
+        return len(t.shape)  # a constant's shape is known without loading its values
     return len(t.shape) if t.shape is not None else None
 
 
 def shape_of(t: gs.Tensor) -> tuple | None:
     if isinstance(t, gs.Constant):
-        return tuple(t.values.shape)
+        return tuple(int(d) for d in t.shape)
     return tuple(t.shape) if t.shape is not None else None
 
 
-def const(t: gs.Tensor) -> np.ndarray | None:
-    return t.values if isinstance(t, gs.Constant) else None
+def const(t: gs.Tensor) -> np.ndarray | ConstMeta | None:
+    """A constant's values; for a large one not loaded yet (a weight), only its shape and dtype
+    (compiler/tensors.py: the analysis must not copy every weight into memory)."""
+    return const_view(t)
 
 
 def norm_axis(axis: int, rank: int) -> int:
