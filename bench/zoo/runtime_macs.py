@@ -33,7 +33,8 @@ class RuntimeMacs:
 
 
 def feeds(model: onnx.ModelProto, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded normal inputs at `batch`; every other dimension must be fixed."""
+    """Seeded normal inputs at `batch`; every other dimension must be fixed. (Like
+    compiler/shapes._feeds on purpose: this counter shares no code with what it checks.)"""
     inits = {i.name for i in model.graph.initializer}
     rng = np.random.default_rng(seed)
     out = {}
