@@ -74,3 +74,32 @@ def test_separable_attention_prunes_losslessly(tmp_path):
     half = apply_plan(m, Plan.from_json({"passes": [{"pass": "prune_channels", "ratio": 0.5}]}))
     assert run(half).shape == (len(run(m)), 10)
     assert model_cost(half).macs == conv_macs(half) < 0.4 * model_cost(m).macs
+
+
+def _count_target(op: str):
+    """conv (8 channels) -> `op` whose target (Resize sizes / Expand shape) is
+    [x.size(0), 8, 16, 16] or [x.size(0), 8, 8, 8]: the channel count a constant, as an exporter
+    folds it; pruning would not follow it, so those channels must freeze."""
+    from onnxcompress.compiler.onnx_io import canonicalize
+    from tests.builders import GraphBuilder
+
+    g = GraphBuilder(size=8)
+    y = g.conv("x", 3, 8, k=1)
+    shape = g.node("Shape", [y])
+    batch = g.node("Slice", [shape, g.const(np.array([0])), g.const(np.array([1])), g.const(np.array([0]))])
+    side = 16 if op == "Resize" else 8
+    target = g.node("Concat", [batch, g.const(np.array([8, side, side]))], axis=0)
+    if op == "Resize":
+        z = g.node("Resize", [y, "", "", target], mode="nearest")
+    else:
+        z = g.node("Expand", [y, target])
+    z = g.conv(z, 8, 4, k=1)
+    return canonicalize(g.build(g.head(z, 4)))
+
+
+def test_a_constant_channel_count_in_resize_sizes_or_expand_shape_freezes():
+    for op, reason in (("Resize", "sets the channel count in its sizes"), ("Expand", "sets the channel axis to a count")):
+        a = analyze(import_graph(_count_target(op)))
+        first = a.groups[0]
+        assert first.channels == 8 and not first.prunable and reason in first.reason, (op, first.reason)
+        assert a.groups[1].prunable  # the conv after it
