@@ -170,7 +170,7 @@ def trace(ng: NodeGraph) -> tuple[Tracer, dict[str, ChannelLayout | None]]:
                 layouts[t.name] = None
             continue
         for k, t in enumerate(node.inputs):  # a channel count read by Shape, used outside the shape domain
-            if t.name in tracer.shape_values and not (node.op == "Reshape" and k == 1):
+            if t.name in tracer.shape_values and not ((node.op, k) in (("Reshape", 1), ("Expand", 1), ("Resize", 3))):
                 tracer.freeze_channel_reads(t.name, f"the channel count of a tensor is used by {node.op} '{node.name}'")
         info = OP_TABLE.get(node.op)
         if info is None or (node.domain or "") not in ("", "ai.onnx"):

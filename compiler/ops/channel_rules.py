@@ -193,7 +193,21 @@ def _slice(node: gs.Node, ins, tr: "Tracer"):
 
 @_register("Resize", "Upsample")
 def _resize(node: gs.Node, ins, tr: "Tracer"):
+    """Resizes the spatial axes; channels pass through. Its `sizes` (input 3) holds the channel
+    count too: read at run time from its own input's shape (timm's F.interpolate(x, size=...):
+    Concat(Shape(x)[0:2], [h, w])) it follows a cut; a constant or any other count freezes."""
     x = ins[0]
+    sizes = node.inputs[3] if node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name else None
+    if sizes is not None:
+        reads = tr.channel_refs(sizes.name)
+        entries = tr.shape_values.get(sizes.name)
+        own = x is not None and entries is not None and len(entries) > x.axis and reads == [entries[x.axis]] \
+            and reads[0].tensor == node.inputs[0].name and reads[0].axis == x.axis
+        if reads and not own:
+            tr.freeze_channel_reads(sizes.name, f"the channel count of a tensor is used by {node.op} '{node.name}'")
+        if x is not None and not own:
+            tr.freeze(x, f"{node.op} '{node.name}' sets the channel count in its sizes")
+            return [None]
     if x is not None:
         if x.axis != 1 or x.block is not None:
             tr.freeze(x, f"{node.op} '{node.name}' with channels off axis 1")
@@ -333,6 +347,16 @@ def _elementwise(node: gs.Node, ins, tr: "Tracer"):
     aligned = [
         l.with_axis(l.axis + out_rank - (rank_of(t) or out_rank)) for t, l in zip(node.inputs, ins) if l is not None
     ]
+    # a single channel against wider layouts (MobileViTv2's context score (N, 1, P, Np) times
+    # the keys (N, C, P, Np)) is a size-1 broadcast, not a coupling: the wider channels pass
+    # through, and that one channel is frozen (cutting it would leave nothing to broadcast)
+    wide = [l for l in aligned if l.width() > 1]
+    if wide and len(wide) < len(aligned) and all(l.block is None and l.axis == wide[0].axis for l in aligned):
+        for l in aligned:
+            if l.width() == 1:
+                tr.member(l, node)
+                tr.freeze(l, f"{node.op} '{node.name}' broadcasts this single channel across other channels")
+        aligned = wide
     ref = aligned[0]
     for i, (t, l) in enumerate(zip(node.inputs, ins)):
         if l is not None:

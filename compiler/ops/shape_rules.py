@@ -178,6 +178,15 @@ def _reshape_computed(node: gs.Node, x: ChannelLayout, target: tuple, in_shape: 
     if x.block is None and len(target) > x.axis and all(copies(target[i], i) for i in range(x.axis + 1)) and not rest_reads_channels:
         tr.member(x, node)
         return x
+    # the exporter folded the channel count itself to a constant (MobileViTv2's patch unfold:
+    # [x.size(0), 64, 14, 2, 14, 2], the channels kept on axis 1 and the dims after them regrouped):
+    # after a cut the target becomes a constant, 0 copying the dims before the channel axis
+    if (x.block is None and len(target) > x.axis and all(copies(target[i], i) for i in range(x.axis))
+            and target[x.axis] == x.width() and all(isinstance(e, int) for e in target[x.axis + 1 :])
+            and int(node.attrs.get("allowzero", 0)) == 0):
+        tr.member(x, node)
+        tr.fix_target(node, (0,) * x.axis + (x,) + tuple(target[x.axis + 1 :]), x)
+        return x
     tr.freeze(x, f"Reshape '{node.name}' with a computed target shape")
     tr.freeze_channel_reads(node.inputs[1].name, f"Reshape '{node.name}' uses a channel count in its target")
     return None
@@ -254,3 +263,48 @@ def _reduce(node: gs.Node, ins, tr: "Tracer"):
     tr.member(x, node)
     new_axis = x.axis if keepdims else x.axis - sum(1 for a in axes if a < x.axis)
     return [x.with_axis(new_axis)]
+
+
+@_register("Expand")
+def _expand(node: gs.Node, ins, tr: "Tracer"):
+    """Expand broadcasts its input to a target shape (MobileViTv2's context vector expanded to the
+    values' shape: `context.expand_as(value)`, a target read by Shape at run time). Channels pass
+    through when the target's entry at the channel axis is 1, or reads the channel count of a
+    tensor that carries channels (the two are unified, so they shrink together and the run-time
+    target follows the cut); a single channel broadcast to such a count takes that tensor's
+    channels and is frozen itself. A constant channel count or any other use freezes."""
+    x = ins[0]
+    shape_in = node.inputs[1] if len(node.inputs) > 1 else None
+    target = _entries(shape_in, tr) if shape_in is not None else None
+    r_in, r_out = rank_of(node.inputs[0]), rank_of(node.outputs[0])
+
+    def frozen(reason: str):
+        tr.freeze(x, reason)
+        if shape_in is not None:
+            tr.freeze_channel_reads(shape_in.name, reason)
+        return [None]
+
+    if x is None:
+        if shape_in is not None and tr.channel_refs(shape_in.name):
+            return frozen(f"Expand '{node.name}' broadcasts an untracked tensor to a channel count")
+        return [None]
+    if target is None or r_in is None or r_out is None or x.block is not None or len(target) != r_out:
+        return frozen(f"Expand '{node.name}' with an unknown target shape")
+    axis = x.axis + r_out - r_in
+    entry = target[axis]
+    if any(isinstance(e, DimRef) and e.channels for i, e in enumerate(target) if i != axis):
+        return frozen(f"Expand '{node.name}' uses a channel count off the channel axis")
+    if entry == 1:
+        tr.member(x, node)
+        return [x.with_axis(axis)]
+    source = tr.resolve(tr.channel_of.get(entry.tensor)) if isinstance(entry, DimRef) and entry.channels else None
+    if source is None or source.block is not None or source.axis != entry.axis:
+        return frozen(f"Expand '{node.name}' sets the channel axis to a count that pruning would not follow")
+    source = source.with_axis(axis)
+    tr.member(x, node)
+    if x.width() == 1 and source.width() > 1:
+        tr.freeze(x, f"Expand '{node.name}' broadcasts this single channel across other channels")
+        return [source]
+    if not tr.unify(x.with_axis(axis), source, node):
+        return [None]
+    return [tr.resolve(x.with_axis(axis))]
