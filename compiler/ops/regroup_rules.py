@@ -22,7 +22,9 @@ normalises to zero, and the other groups' statistics do not change, so cutting i
 (unlike LayerNorm's, or a channels-per-group cut of GroupNorm, which would change every group's
 mean and variance). Every C/G consecutive channels become one channel of the analysis
 (`Tracer.coarsen`), the per-group scale and bias are cut with them, the per-channel affine that
-follows is cut as usual, and the group count in the target becomes the kept count.
+follows is cut as usual, and the group count in the target becomes the kept count. With one
+group (GroupNorm(1, C): over all channels and space) no cut is lossless: channels pass through
+and are cut lossily, as channels-only LayerNorm is (`_one_group`).
 """
 
 from __future__ import annotations
@@ -115,8 +117,8 @@ def _group_norm(node: gs.Node, x: ChannelLayout, in_shape: tuple, out_shape: tup
     for n in (node, norm, back):
         tr.member(x, n)
     if groups == 1:
-        tr.freeze(x, f"{name} has one group: it normalises across all its channels")
-    coarse = tr.coarsen(x, c // groups) if groups > 1 else None
+        return _one_group(node, norm, back, x, in_shape, name, tr)
+    coarse = tr.coarsen(x, c // groups)
     if coarse is None:
         tr.freeze(x, f"{name}: its groups of {c // groups} channels do not line up with channels pruned together")
         coarse = tr.resolve(x)
@@ -133,6 +135,22 @@ def _group_norm(node: gs.Node, x: ChannelLayout, in_shape: tuple, out_shape: tup
     else:
         tr.fix_target(back, (0, -1) + tuple(in_shape[2:]), coarse)
     tr.deferred[back.outputs[0].name] = coarse
+    return True
+
+
+def _one_group(node: gs.Node, norm: gs.Node, back: gs.Node, x: ChannelLayout, in_shape: tuple, name: str,
+               tr: "Tracer") -> bool:
+    """GroupNorm(1, C) (timm's MobileViT transformer norm) normalises over all channels and space:
+    channels pass through and the per-channel affine after it is cut with them. Lossy, like the
+    channels-only LayerNorm rule and Torch-Pruning's GroupNorm pruning: the statistics are then
+    taken over the remaining channels. The single group's scale and bias stay."""
+    x = tr.resolve(x)
+    tr.fix_target(node, (0, 1, -1), x)
+    if not _ints(in_shape[2:]) or not _fixable(back):
+        tr.freeze(x, f"{name} reshapes back to a shape it cannot rewrite (unknown spatial size)")
+    else:
+        tr.fix_target(back, (0, -1) + tuple(in_shape[2:]), x)
+    tr.deferred[back.outputs[0].name] = x
     return True
 
 
@@ -154,10 +172,14 @@ def _group_normalization(node: gs.Node, ins, tr: "Tracer"):
     if any(p is None or p.ndim != 1 or p.shape[0] != shape[1] for p in params) or len(params) != 2:
         tr.freeze(x, f"{name} has computed scale and bias, or one per group (opset 18)")
         return [x]
-    coarse = tr.coarsen(x, shape[1] // groups) if groups > 1 else None
+    if groups == 1:  # lossy, as for the decomposed form (_one_group): scale and bias cut with the channels
+        for i in (1, 2):
+            tr.slice(node, i, 0, x.with_axis(0), role="param")
+        tr.member(x, node)
+        return [x]
+    coarse = tr.coarsen(x, shape[1] // groups)
     if coarse is None:
-        tr.freeze(x, f"{name}: " + ("one group normalises across all its channels" if groups == 1 else
-                                     f"its groups of {shape[1] // groups} channels do not line up with channels pruned together"))
+        tr.freeze(x, f"{name}: its groups of {shape[1] // groups} channels do not line up with channels pruned together")
         return [x]
     per_group = coarse.scaled(shape[1] // groups).with_axis(0)
     for i in (1, 2):

@@ -224,8 +224,48 @@ def test_groupnorm_forms_it_cannot_cut_freeze_with_a_reason():
     a = analyze(import_graph(_gn21((6, 10))))
     assert [g.channels for g in a.groups[:2]] == [6, 10]
     assert all(not g.prunable and "do not line up" in g.reason for g in a.groups[:2])
-    a = analyze(import_graph(_gn21(groups=1)))
-    assert not a.groups[0].prunable and "one group" in a.groups[0].reason
+
+
+
+class OneGroupNormBlock(nn.Module):
+    """conv, GroupNorm(1, C) (timm's MobileViT transformer norm: over all channels and space), a
+    residual conv, GAP, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.norm = nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(1, 16)
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = x + self.conv(self.norm(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def _assert_lossy_prune_is_valid_and_costed(m: onnx.ModelProto, x: np.ndarray) -> None:
+    a = analyze(import_graph(m))
+    assert [g for g in a.groups if not g.prunable] == [a.groups[-1]], [g.reason for g in a.groups]
+    g = a.groups[0]
+    silenced, pruned = silence_and_prune(m, g.id, [2, 5])
+    onnx.checker.check_model(pruned)
+    out = run(pruned, x)
+    assert out.shape == (len(x), 10) and np.isfinite(out).all()
+    # lossy by nature (the statistics are taken over the remaining channels), but only slightly here
+    assert not np.allclose(out, run(silenced, x), rtol=1e-4, atol=1e-5)
+    assert model_cost(pruned).macs == conv_macs(pruned) == SearchCost(a).macs({g.id: g.channels - 2})
+
+
+def test_groupnorm_with_one_group_is_pruned_lossily_like_layernorm(tmp_path):
+    torch.manual_seed(0)
+    m = _export(OneGroupNormBlock(), tmp_path, "gn1")
+    assert "InstanceNormalization" in {n.op_type for n in m.graph.node}
+    _assert_lossy_prune_is_valid_and_costed(m, X)
+    half = apply_plan(m, HALF)
+    assert run(half).shape == (len(X), 10)
+    assert model_cost(half).macs == conv_macs(half) < 0.3 * model_cost(m).macs
+    # the GroupNormalization op (opset 21) with num_groups=1: scale and bias cut with the channels
+    _assert_lossy_prune_is_valid_and_costed(_gn21(groups=1), X[:, :, :8, :8])
 
 
 # ------------------------------------------------------------------------------------------------
