@@ -117,7 +117,7 @@ def _group_norm(node: gs.Node, x: ChannelLayout, in_shape: tuple, out_shape: tup
     for n in (node, norm, back):
         tr.member(x, n)
     if groups == 1:
-        return _one_group(node, norm, back, x, in_shape, name, tr)
+        return _one_group(node, back, x, in_shape, name, tr)
     coarse = tr.coarsen(x, c // groups)
     if coarse is None:
         tr.freeze(x, f"{name}: its groups of {c // groups} channels do not line up with channels pruned together")
@@ -128,17 +128,22 @@ def _group_norm(node: gs.Node, x: ChannelLayout, in_shape: tuple, out_shape: tup
     for i in (1, 2):
         tr.slice(norm, i, 0, per_group, role="param")
     tr.fix_target(node, (0, per_group, -1), coarse)
-    # the target back (Shape(x) in exports, computed after this rule runs, or a constant) becomes
-    # a constant with the kept channel count inferred
+    return _reshape_back(back, x, coarse, in_shape, name, tr)
+
+
+def _reshape_back(back: gs.Node, x: ChannelLayout, out: ChannelLayout, in_shape: tuple, name: str, tr: "Tracer") -> bool:
+    """The GroupNorm's Reshape back to the input's shape gives layout `out`. Its target (Shape(x)
+    in exports, computed after this rule runs, or a constant) becomes a constant with the kept
+    channel count inferred."""
     if not _ints(in_shape[2:]) or not _fixable(back):
         tr.freeze(x, f"{name} reshapes back to a shape it cannot rewrite (unknown spatial size)")
     else:
-        tr.fix_target(back, (0, -1) + tuple(in_shape[2:]), coarse)
-    tr.deferred[back.outputs[0].name] = coarse
+        tr.fix_target(back, (0, -1) + tuple(in_shape[2:]), out)
+    tr.deferred[back.outputs[0].name] = out
     return True
 
 
-def _one_group(node: gs.Node, norm: gs.Node, back: gs.Node, x: ChannelLayout, in_shape: tuple, name: str,
+def _one_group(node: gs.Node, back: gs.Node, x: ChannelLayout, in_shape: tuple, name: str,
                tr: "Tracer") -> bool:
     """GroupNorm(1, C) (timm's MobileViT transformer norm) normalises over all channels and space:
     channels pass through and the per-channel affine after it is cut with them. Lossy, like the
@@ -146,12 +151,7 @@ def _one_group(node: gs.Node, norm: gs.Node, back: gs.Node, x: ChannelLayout, in
     taken over the remaining channels. The single group's scale and bias stay."""
     x = tr.resolve(x)
     tr.fix_target(node, (0, 1, -1), x)
-    if not _ints(in_shape[2:]) or not _fixable(back):
-        tr.freeze(x, f"{name} reshapes back to a shape it cannot rewrite (unknown spatial size)")
-    else:
-        tr.fix_target(back, (0, -1) + tuple(in_shape[2:]), x)
-    tr.deferred[back.outputs[0].name] = x
-    return True
+    return _reshape_back(back, x, x, in_shape, name, tr)
 
 
 @_register("GroupNormalization")
