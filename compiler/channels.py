@@ -170,24 +170,29 @@ class Tracer:
                 segments.append(seg)
         return replace(layout, segments=tuple(segments))
 
-    def _split(self, space: int, at: int) -> None:
-        """Splits `space` and every space coupled to it after channel `at` (0 < at < size)."""
+    def _rebuild(self, space: int, pieces) -> None:  # noqa: ANN001 - Space -> ((size, offset, repeat), ...)
+        """Replaces `space` and every space coupled to it by new spaces, `pieces(old)` giving each
+        one's parts in order; the k-th parts of all of them are coupled (coupled spaces are
+        channel-for-channel the same, so they divide alike)."""
         component = sorted(nx.node_connected_component(self.coupling, space))
-        firsts, seconds = [], []
+        rows = []
         for s in component:
             old = self.spaces[s]
-            a, b = len(self.spaces), len(self.spaces) + 1
-            for size, offset in ((at, old.offset), (old.size - at, old.offset + at)):
+            ids = []
+            for size, offset, _ in pieces(old):
+                ids.append(len(self.spaces))
                 self.spaces.append(Space(size, old.producer, list(old.frozen), old.zero, offset))
-            self.members[a] = list(self.members[s])
-            self.members[b] = list(self.members[s])
-            self.parts[s] = (Segment(a, at), Segment(b, old.size - at))
+                self.members[ids[-1]] = list(self.members[s])
+            self.parts[s] = tuple(Segment(n, size, repeat) for n, (size, _, repeat) in zip(ids, pieces(old)))
             self.coupling.remove_node(s)
-            self.coupling.add_nodes_from((a, b))
-            firsts.append(a)
-            seconds.append(b)
-        for ids in (firsts, seconds):
-            self.coupling.add_edges_from((ids[0], other) for other in ids[1:])
+            self.coupling.add_nodes_from(ids)
+            rows.append(ids)
+        for column in zip(*rows):
+            self.coupling.add_edges_from((column[0], other) for other in column[1:])
+
+    def _split(self, space: int, at: int) -> None:
+        """Splits `space` and every space coupled to it after channel `at` (0 < at < size)."""
+        self._rebuild(space, lambda old: ((at, old.offset, 1), (old.size - at, old.offset + at, 1)))
 
     def _cut_at(self, layout: ChannelLayout, boundaries: set[int]) -> ChannelLayout:
         """Splits the spaces of `layout` so that every offset in `boundaries` is a segment edge.
@@ -200,9 +205,7 @@ class Tracer:
             inside = sorted(b for b in boundaries if offset < b < offset + seg.width)
             if inside:
                 unit, rem = divmod(inside[0] - offset, seg.repeat)
-                if rem == 0:
-                    self._split(seg.space, unit)
-                elif unit > 0:
+                if unit > 0:  # (rem == 0 implies unit > 0: the boundary is inside the segment)
                     self._split(seg.space, unit)
                 elif seg.length > 1:
                     self._split(seg.space, 1)
@@ -221,20 +224,9 @@ class Tracer:
         """Makes every `factor` consecutive channels of `space` one channel of the analysis (they
         are always kept or cut together), in its whole coupled component: each space becomes a
         space of size / factor channels, repeated `factor` times. False if a size does not divide."""
-        component = sorted(nx.node_connected_component(self.coupling, space))
-        if any(self.spaces[s].size % factor for s in component):
+        if any(self.spaces[s].size % factor for s in nx.node_connected_component(self.coupling, space)):
             return False
-        new = []
-        for s in component:
-            old = self.spaces[s]
-            n = len(self.spaces)
-            self.spaces.append(Space(old.size // factor, old.producer, list(old.frozen), old.zero, old.offset))
-            self.members[n] = list(self.members[s])
-            self.parts[s] = (Segment(n, old.size // factor, factor),)
-            self.coupling.remove_node(s)
-            self.coupling.add_node(n)
-            new.append(n)
-        self.coupling.add_edges_from((new[0], other) for other in new[1:])
+        self._rebuild(space, lambda old: ((old.size // factor, old.offset, factor),))
         return True
 
     def coarsen(self, layout: ChannelLayout, factor: int) -> ChannelLayout | None:

@@ -55,13 +55,11 @@ def runtime_teacher(teacher: onnx.ModelProto, bridge: OnnxModule, taps: Sequence
     try:
         fast = RuntimeTeacher(teacher, bridge.logits_name, taps, threads)
         x = torch.from_numpy(np.array(sample, dtype=np.float32))  # a copy: the data may be read-only
-        got = fast.logits(x, list(taps))
+        got_z, got_f = fast.logits(x, list(taps))  # with taps given (even none), both return (logits, features)
         with torch.no_grad():
-            want = bridge.logits(x, list(taps))
+            want_z, want_f = bridge.logits(x, list(taps))
     except Exception:  # noqa: BLE001 - any failure of the fast path means: use the bridge
         return None
-    got_z, got_f = got if isinstance(got, tuple) else (got, {})
-    want_z, want_f = want if isinstance(want, tuple) else (want, {})
     pairs = [(got_z, want_z)] + [(got_f[n], want_f[n]) for n in taps]
     for a, b in pairs:
         if a.shape != b.shape or not torch.allclose(a, b.float(), atol=_ATOL, rtol=1e-3):

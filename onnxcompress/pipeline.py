@@ -609,8 +609,9 @@ def _fit_finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, job: JobDa
     train = job.train
     if samples < len(train):
         train = train.take(np.sort(np.random.default_rng(config.seed).permutation(len(train))[:samples]))
-    # the plan is an estimate: the trainer cuts the epochs still to come when the measured epoch
-    # time says they would overrun what is left (its time limit)
+    # the plan is an estimate: after each epoch the trainer re-plans the epochs still to come
+    # from the measured epoch time, fewer or more, to fit its time limit (what is left now that
+    # the timing runs are done)
     return replace(ft_config, epochs=epochs, time_limit_s=max(1.0, budget.finetune_allowance() / max(1, targets_left))), train
 
 
