@@ -59,6 +59,9 @@ def _add_input_size(p: argparse.ArgumentParser) -> None:
 def _add_device(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help=f"{what} (default auto: CUDA when present, else the CPU; cuda: an error without it)")
+    p.add_argument("--train-precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="arithmetic of fine-tuning (default auto: bfloat16 autocast where the CPU or GPU has native bf16, "
+                        "e.g. AVX512-BF16/AMX, float32 elsewhere; weights and the written model stay float32)")
 
 
 def _add_compress_options(p: argparse.ArgumentParser) -> None:

@@ -187,6 +187,7 @@ def cmd_compress(args) -> int:
         families=args.families,
         channel_multiple=args.channel_multiple,
         device=args.device,
+        train_precision=args.train_precision,
         time_budget_s=parse_duration(args.time_budget) if args.time_budget else None,
     )
     preprocess = preprocess_from_args(args, original)
@@ -239,7 +240,7 @@ def cmd_finetune(args) -> int:
     val = load_data(args.val_data, spec, preprocess, classes=classes, num_classes=n) if args.val_data else None
     kinds = tuple(k.strip() for k in args.kd.split(",") if k.strip())
     config = replace(
-        finetune_config(args.epochs, args.seed, classes, hardware.torch),
+        finetune_config(args.epochs, args.seed, classes, hardware.torch, precision=args.train_precision),
         kd=KDConfig(kinds=kinds),
     )
     ckpt = Path(str(out) + ".checkpoint")
@@ -253,7 +254,7 @@ def cmd_finetune(args) -> int:
         shutil.rmtree(ckpt, ignore_errors=True)
     best = "n/a" if result.best_val_accuracy is None else f"{100 * result.best_val_accuracy:.2f}%"
     start = "n/a" if result.initial_val_accuracy is None else f"{100 * result.initial_val_accuracy:.2f}%"
-    print(f"wrote {out}: validation top-1 {start} -> {best} after {result.epochs_run} epochs ({result.wall_s:.1f} s)")
+    print(f"wrote {out}: validation top-1 {start} -> {best} after {result.epochs_run} epochs ({result.wall_s:.1f} s, {result.precision} training)")
     return 0
 
 

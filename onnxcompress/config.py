@@ -32,6 +32,9 @@ class CompressConfig:
     # kernels, e.g. microcontrollers, where only MACs and bytes count)
     channel_multiple: int | None = None
     device: str = "auto"  # auto | cpu | cuda: where fine-tuning and candidate evaluation run (compiler/device.py)
+    # auto | fp32 | bf16: the arithmetic of fine-tuning (compiler/device.py resolve_precision;
+    # auto: bf16 where the device has it natively)
+    train_precision: str = "auto"
     time_budget_s: float | None = None  # wall-clock budget of the whole run (onnxcompress/budget.py); None: the defaults above
     extra: dict = field(default_factory=dict)
 
@@ -56,6 +59,8 @@ class CompressConfig:
             raise UsageError("--families must be >= 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UsageError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.train_precision not in ("auto", "fp32", "bf16"):
+            raise UsageError(f"--train-precision must be auto, fp32 or bf16, got {self.train_precision!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise UsageError("--time-budget must be positive")
         if self.channel_multiple is not None and self.channel_multiple < 1:

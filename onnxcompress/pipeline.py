@@ -176,7 +176,8 @@ LARGE_DATA = 20_000
 LARGE_DATA_BATCH = 64
 
 
-def finetune_config(epochs: int, seed: int, classes: tuple[int, ...] | None, device: str = "cpu", samples: int = 0) -> FinetuneConfig:
+def finetune_config(epochs: int, seed: int, classes: tuple[int, ...] | None, device: str = "cpu", samples: int = 0,
+                    precision: str = "auto") -> FinetuneConfig:
     """The fine-tuning recipe of compress. The trainer's defaults (AdamW, small lr) are
     deliberate: SGD at 0.01 wrecks models fed raw 0..255 pixels (MLPerf ResNet-8: 77 % -> 28 % in
     one epoch), AdamW is scale-invariant. With `samples` >= LARGE_DATA training images the batch
@@ -185,10 +186,15 @@ def finetune_config(epochs: int, seed: int, classes: tuple[int, ...] | None, dev
     with 13 blocks removed (AMD EPYC, 2 cores, another job running): 1 epoch over 10,000 images,
     batch 16 -> 86.5 % and batch 64 -> 85.7 % test top-1 in the same time (397 vs 381 s: a tie
     on 1,000 test images); per 1,000 images batch 64 takes 9.9 s on 1 thread and 6.0 s on 2,
-    while batch 16 on 2 threads took 97 s (OpenMP threads spinning on small batches)."""
+    while batch 16 on 2 threads took 97 s (OpenMP threads spinning on small batches).
+    `precision` (--train-precision): "auto" trains in bf16 where the device has native bf16
+    arithmetic (compiler/device.py resolve_precision), float32 elsewhere."""
+    from onnxcompress.compiler.device import resolve_precision
+
     large = samples >= LARGE_DATA
     return FinetuneConfig(epochs=epochs, seed=seed, kd=KDConfig(kinds=("hinton", "attention")), teacher_classes=classes, device=device,
-                          batch_size=LARGE_DATA_BATCH if large else 16, threads=(os.cpu_count() or 1) if large else 1)
+                          batch_size=LARGE_DATA_BATCH if large else 16, threads=(os.cpu_count() or 1) if large else 1,
+                          precision=resolve_precision(precision, device))
 
 
 def compress(
@@ -258,6 +264,7 @@ def compress(
     built: list[tuple[Target, Plan, onnx.ModelProto, float | None]] = []
     ft_wall = 0.0
     ft_epochs: int | None = None  # the epochs a time budget let the first target's fine-tune run
+    ft_precision = "fp32"
     for tgt, plan, search_acc in outcome.choices:
         ckpt = config.checkpoint_dir / f"finetune-{tgt.label().replace(',', '_').replace('=', '')}" if config.checkpoint_dir else None
         if ckpt is not None:
@@ -267,7 +274,8 @@ def compress(
         plan, quantization = split_terminal(plan)
         student = apply_plan(base, plan, calibration=job.calibration, seed=config.seed)
         if config.finetune_epochs > 0 and not plan_is_empty(plan):
-            ft_config = finetune_config(config.finetune_epochs, config.seed, config.classes, hardware.torch, len(job.train))
+            ft_config = finetune_config(config.finetune_epochs, config.seed, config.classes, hardware.torch, len(job.train),
+                                        config.train_precision)
             train = job.train
             if budget is not None:  # this target's share of what is left
                 ft_config, train = _fit_finetune(student, teacher, job, ft_config, budget, len(outcome.choices) - len(built), config)
@@ -275,6 +283,7 @@ def compress(
                                   f"{len(train):,} images, batch {ft_config.batch_size}, KD from the teacher)")
             student, ft = finetune(student, teacher, train, job.val, ft_config, checkpoint_dir=ckpt, progress=config.progress)
             ft_wall += ft.wall_s
+            ft_precision = ft.precision
             if budget is not None:
                 budget.record("finetune", ft.wall_s)
                 ft_epochs = ft_epochs if ft_epochs is not None else ft.epochs_run
@@ -339,6 +348,7 @@ def compress(
         channel_multiple=outcome.channel_multiple,
         measure=val_measure,
         device=hardware.label,
+        finetune_precision=ft_precision,
         time_budget=budget.to_json() if budget is not None else None,
     )
     # the students as the user's teacher was: a single-score head gets its single score back
@@ -472,7 +482,8 @@ def _search(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData, confi
         budget.note(f"probes: {probe_samples} training images each")
     # probes only run with several families, which need fine-tuning (epochs >= 1)
     # probes see a few thousand images: in batches of 16 (more steps), on one thread
-    ft_config = (finetune_config(config.finetune_epochs, config.seed, config.classes, hardware.torch if hardware is not None else "cpu")
+    ft_config = (finetune_config(config.finetune_epochs, config.seed, config.classes, hardware.torch if hardware is not None else "cpu",
+                                 precision=config.train_precision)
                  if config.finetune_epochs > 0 else None)
     for k, tgt in enumerate(config.targets):
         options = [(removed, r.best[k]) for removed, r in results if r.best[k].plan is not None]
@@ -587,7 +598,8 @@ def _probe_samples(base: onnx.ModelProto, teacher: onnx.ModelProto, job: JobData
     usual PROBE_SAMPLES, at least 500), from a timed run of the probes' recipe on the base."""
     from onnxcompress.search import structure
 
-    probe_config = finetune_config(1, config.seed, config.classes, hardware.torch if hardware is not None else "cpu")
+    probe_config = finetune_config(1, config.seed, config.classes, hardware.torch if hardware is not None else "cpu",
+                                   precision=config.train_precision)
     per_image = _sample_seconds(base, teacher, job, probe_config)
     val_s = per_image * len(job.val) / 3  # the probe scores the validation images once (forward only)
     fit = int((seconds / probes - val_s) / per_image) if per_image > 0 else structure.PROBE_SAMPLES

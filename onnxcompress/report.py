@@ -92,6 +92,7 @@ class RunReport:
     channel_multiple: int = 1  # kept channel counts were multiples of this where the budget allowed
     measure: Measure = field(default_factory=Measure)  # what every accuracy above is, on which images
     device: str = "cpu"  # where fine-tuning and candidate evaluation ran (compiler/device.py)
+    finetune_precision: str = "fp32"  # the fine-tuning arithmetic (--train-precision, compiler/device.py)
     time_budget: dict[str, Any] | None = None  # --time-budget: the plan and what each phase spent (onnxcompress/budget.py)
 
     def to_json(self) -> dict[str, Any]:
@@ -103,7 +104,7 @@ class RunReport:
             "plan": main.plan,
             "search": {"agent": self.agent, "episodes": self.episodes, "evaluations": self.evaluations, "wall_s": round(self.search_wall_s, 2),
                        "channel_multiple": self.channel_multiple, "families": [[p.to_json() for p in per_target] for per_target in self.probes]},
-            "finetune": {"epochs": self.finetune_epochs, "wall_s": round(self.finetune_wall_s, 2)},
+            "finetune": {"epochs": self.finetune_epochs, "wall_s": round(self.finetune_wall_s, 2), "precision": self.finetune_precision},
             "device": self.device,
             "time_budget": self.time_budget,
             "pareto": [dict(m.to_json(), plan=p) for m, p in self.pareto],
@@ -181,7 +182,7 @@ def to_markdown(report: RunReport, png_name: str | None) -> str:
         "",
         f"Search: agent `{report.agent}`, {report.episodes} episodes, {report.evaluations} evaluations, {report.search_wall_s:.1f} s, "
         f"channel widths {'of any count' if report.channel_multiple == 1 else f'in multiples of {report.channel_multiple}'}. "
-        f"Fine-tuning: {report.finetune_epochs} epochs, {report.finetune_wall_s:.1f} s. Seed {report.seed}. Accuracy budget: {report.max_drop} points.",
+        f"Fine-tuning: {report.finetune_epochs} epochs, {report.finetune_wall_s:.1f} s ({report.finetune_precision}). Seed {report.seed}. Accuracy budget: {report.max_drop} points.",
         "",
     ]
     if report.time_budget:

@@ -81,3 +81,40 @@ def test_finetune_config_takes_the_torch_device() -> None:
     with pytest.raises(UsageError):
         FinetuneConfig(epochs=1, device="gpu")
     assert device_module.DEVICES == ("auto", "cpu", "cuda")
+
+
+def test_train_precision_auto_follows_native_bf16(monkeypatch) -> None:
+    from onnxcompress.compiler.device import resolve_precision
+    from onnxcompress.pipeline import finetune_config
+
+    monkeypatch.setattr(device_module, "native_bf16", lambda torch_device="cpu": True)
+    assert resolve_precision("auto") == "bf16" and finetune_config(1, 0, None).precision == "bf16"
+    monkeypatch.setattr(device_module, "native_bf16", lambda torch_device="cpu": False)
+    assert resolve_precision("auto") == "fp32" and finetune_config(1, 0, None).precision == "fp32"
+    assert resolve_precision("bf16") == "bf16"  # asked for: emulated where not native
+    assert resolve_precision("fp32") == "fp32" and finetune_config(1, 0, None, precision="fp32").precision == "fp32"
+    with pytest.raises(UsageError, match="--train-precision"):
+        resolve_precision("fp16")
+    with pytest.raises(UsageError):
+        FinetuneConfig(epochs=1, precision="auto")  # the trainer takes a resolved choice
+
+
+def test_native_bf16_reads_the_cpu_and_the_gpu(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not device_module.native_bf16("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert device_module.native_bf16("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert not device_module.native_bf16("cuda")
+
+
+def test_bad_train_precision_is_one_line_error(tmp_path, capsys) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(resnet_like().SerializeToString())
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.zeros((4, 8, 8, 3), np.uint8), y=np.zeros(4, np.int64))
+    assert main(["compress", str(model), "--data", str(data), "--target", "macs=0.5", "--train-precision", "fp16"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--train-precision" in err[0]

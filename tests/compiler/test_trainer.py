@@ -385,3 +385,25 @@ def test_runtime_teacher_falls_back_when_it_disagrees(teacher: onnx.ModelProto, 
     assert runner.runtime_teacher(teacher, bridge, [], TRAIN.x[:4], threads=1) is None
     run = trainer_module._build(tiny_cnn(width=4, seed=2), teacher, TRAIN, None, FAST)
     assert isinstance(run.teacher, OnnxModule)
+
+
+def test_bf16_training_learns_like_fp32_and_writes_float32_weights(teacher: onnx.ModelProto) -> None:
+    """bf16 autocast (channels-last on the CPU) trains the same student to about the same
+    accuracy; the weights written back stay float32 and the written model computes what the
+    trained module computes (the channels-last weights are written in ONNX's layout)."""
+    from onnxcompress.compiler.runtime import make_session
+
+    config = dataclasses.replace(FAST, epochs=4, kd=KDConfig(kinds=("hinton", "attention")))
+    runs = {p: finetune(tiny_cnn(width=4, seed=2), teacher, TRAIN, VAL, dataclasses.replace(config, precision=p), progress=False)
+            for p in ("fp32", "bf16")}
+    (fp32, r32), (bf16, r16) = runs["fp32"], runs["bf16"]
+    assert r16.precision == "bf16" and r32.precision == "fp32"
+    assert weights(bf16) != weights(fp32) != weights(tiny_cnn(width=4, seed=2))  # really a different arithmetic
+    assert r16.best_val_accuracy >= r16.initial_val_accuracy + 0.2
+    assert abs(r16.best_val_accuracy - r32.best_val_accuracy) <= 0.1
+    assert all(t.data_type == onnx.TensorProto.FLOAT for t in bf16.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.BFLOAT16))
+    out = make_session(bf16).run(None, {bf16.graph.input[0].name: VAL.x[:16]})[0]
+    with torch.no_grad():
+        ref = OnnxModule(bf16).eval()(torch.from_numpy(np.array(VAL.x[:16]))).numpy()  # the graph output (softmax here)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+    assert accuracy(OnnxModule(bf16), VAL) == pytest.approx(r16.best_val_accuracy)
