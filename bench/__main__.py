@@ -1,6 +1,6 @@
 """`python -m bench all [--quick]` runs every benchmark and rebuilds BENCHMARKS.md;
 `python -m bench NAME` runs one (structural, quantize, search, landscape, finetune, peers, anchors, e2e, memory, zoo,
-transfer)."""
+transfer, precision)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ BENCHES = {
     "memory": "bench.memory_bench",
     "zoo": "bench.zoo_bench",
     "transfer": "bench.transfer_bench",
+    "precision": "bench.precision_bench",
 }
 # benchmarks that need an environment of their own: `all` skips them, with their message, when it is missing
 OPTIONAL = {"zoo"}

@@ -242,17 +242,18 @@ def _zoo_from_onnx(arch: str, path: Path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _finetune_config(epochs: int, seed: int):
-    # exactly the recipe compress() fine-tunes with, so that only the pruning decision differs
+def _finetune_config(epochs: int, seed: int, samples: int):
+    # exactly the recipe compress() fine-tunes with on these many training images (batch and
+    # threads depend on it), so that only the pruning decision differs
     from onnxcompress.pipeline import finetune_config
 
-    return finetune_config(epochs, seed, None)
+    return finetune_config(epochs, seed, None, samples=samples)
 
 
 def _finetune(task: Task, student: onnx.ModelProto, epochs: int, seed: int) -> tuple[onnx.ModelProto, float, float | None]:
     from onnxcompress.compiler.trainer import finetune
 
-    tuned, result = finetune(student, task.teacher, task.job.train, task.job.val, _finetune_config(epochs, seed), progress=False)
+    tuned, result = finetune(student, task.teacher, task.job.train, task.job.val, _finetune_config(epochs, seed, len(task.job.train)), progress=False)
     return tuned, result.wall_s, result.best_val_accuracy
 
 
