@@ -420,6 +420,7 @@ class _Run:
     teacher_cache: Tensor | None
     val_reference: Tensor | None
     student_outputs: int = 0
+    precision: str = "fp32"  # the arithmetic in effect (config.precision, or fp32 where bf16 fails: bf16_agrees)
     epoch: int = 0
     step: int = 0
     stopped: bool = False
@@ -495,7 +496,12 @@ def _build(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, v
         forward = fast if fast is not None else teacher_m
     device = torch.device(config.device)  # everything above ran on the CPU; training runs here
     student_m.to(device)
-    if _channels_last(config):
+    precision = config.precision
+    if precision == "bf16" and not bf16_agrees(student_m, train.x[:8], device):
+        warnings.warn("bf16 fine-tuning: the student's bf16 forward pass fails or disagrees with float32 on a sample "
+                      "batch; training in float32")
+        precision = "fp32"
+    if _channels_last(precision, device):
         student_m.to(memory_format=torch.channels_last)  # same values; the 4-d weights change layout
     teacher_m.to(device)
     loss.to(device)
@@ -517,7 +523,7 @@ def _build(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Dataset, v
     if val is not None and val.y is None:
         reference = teacher_targets(predict_logits(teacher_m, val.x, config.eval_batch_size), classes).argmax(1)
     return _Run(student_m, forward, loss, optimizer, np.random.default_rng(config.seed), cache, reference,
-                n_student)
+                n_student, precision)
 
 
 def _train_epoch(run: _Run, train: Dataset, spec: InputSpec, config: FinetuneConfig, steps_per_epoch: int,
@@ -525,7 +531,7 @@ def _train_epoch(run: _Run, train: Dataset, spec: InputSpec, config: FinetuneCon
     """One pass over the shuffled training data; returns (mean loss, accuracy, last lr)."""
     run.student.train()
     device = torch.device(config.device)
-    bf16, channels_last = config.precision == "bf16", _channels_last(config)
+    bf16, channels_last = run.precision == "bf16", _channels_last(run.precision, device)
     flip = config.flip if config.flip is not None else spec.channels != 1
     padding = config.crop_padding if config.crop_padding is not None else max(1, round(spec.height / 8))
     total_steps = steps_per_epoch * config.epochs
@@ -594,10 +600,31 @@ def _train_epoch(run: _Run, train: Dataset, spec: InputSpec, config: FinetuneCon
     return loss_sum / seen, correct / seen, lr
 
 
-def _channels_last(config: FinetuneConfig) -> bool:
+def _channels_last(precision: str, device: torch.device) -> bool:
     """Channels-last tensors go with bf16 on the CPU: oneDNN's bf16 convolutions are fastest in
     that layout (ResNet-56 student step, 2-core AMD EPYC: 239 -> 214 ms)."""
-    return config.precision == "bf16" and torch.device(config.device).type == "cpu"
+    return precision == "bf16" and device.type == "cpu"
+
+
+@torch.no_grad()
+def bf16_agrees(module: torch.nn.Module, x: np.ndarray, device: torch.device, tolerance: float = 0.1) -> bool:
+    """Whether `module`'s forward pass under bf16 autocast runs and stays within `tolerance`
+    (relative to the largest output) of its float32 pass on the sample batch `x`: an op of the
+    bridge without a bf16 kernel, or one that bf16 wrecks, sends the run back to float32.
+    Evaluation mode (BatchNorm with running statistics: the comparison is deterministic)."""
+    was_training = module.training
+    module.eval()
+    try:
+        xt = torch.from_numpy(np.array(x, dtype=np.float32)).to(device)
+        ref = module(xt).float()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            got = module(xt).float()
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    finally:
+        module.train(was_training)
+    scale = float(ref.abs().max())
+    return bool(torch.isfinite(got).all()) and float((got - ref).abs().max()) <= tolerance * max(scale, 1e-6)
 
 
 def _keep_time_limit(config: FinetuneConfig, run: _Run, epoch_s: float, elapsed_s: float) -> FinetuneConfig:
@@ -677,6 +704,6 @@ def finetune(
         best_epoch=run.best_epoch,
         initial_val_accuracy=run.initial_val,
         history=tuple(EpochStats(**h) for h in run.history),
-        precision=config.precision,
+        precision=run.precision,
     )
     return trained, result

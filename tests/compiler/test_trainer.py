@@ -407,3 +407,28 @@ def test_bf16_training_learns_like_fp32_and_writes_float32_weights(teacher: onnx
         ref = OnnxModule(bf16).eval()(torch.from_numpy(np.array(VAL.x[:16]))).numpy()  # the graph output (softmax here)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
     assert accuracy(OnnxModule(bf16), VAL) == pytest.approx(r16.best_val_accuracy)
+
+
+def test_bf16_falls_back_to_float32_where_the_student_fails_in_bf16(teacher: onnx.ModelProto, monkeypatch) -> None:
+    """A student whose bf16 pass raises or drifts trains in float32 (and says so) instead of failing."""
+    from onnxcompress.compiler.trainer import bf16_agrees
+
+    class Drifting(torch.nn.Module):  # right in float32, off under autocast
+        def forward(self, x):
+            return x.mean((1, 2, 3))[:, None] + (1.0 if torch.is_autocast_enabled("cpu") else 0.0)
+
+    class Raising(torch.nn.Module):
+        def forward(self, x):
+            if torch.is_autocast_enabled("cpu"):
+                raise RuntimeError("no bf16 kernel")
+            return x
+
+    cpu = torch.device("cpu")
+    assert bf16_agrees(OnnxModule(tiny_cnn(width=4, seed=2)), VAL.x[:8], cpu)
+    assert not bf16_agrees(Drifting(), VAL.x[:8], cpu) and not bf16_agrees(Raising(), VAL.x[:8], cpu)
+    monkeypatch.setattr(trainer_module, "bf16_agrees", lambda *a, **k: False)
+    config = dataclasses.replace(FAST, epochs=1, precision="bf16")
+    with pytest.warns(UserWarning, match="training in float32"):
+        trained, result = finetune(tiny_cnn(width=4, seed=2), teacher, TRAIN, VAL, config, progress=False)
+    fp32, _ = finetune(tiny_cnn(width=4, seed=2), teacher, TRAIN, VAL, dataclasses.replace(config, precision="fp32"), progress=False)
+    assert result.precision == "fp32" and weights(trained) == weights(fp32)
