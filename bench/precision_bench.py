@@ -57,8 +57,12 @@ def run_model(key: str, images: int, epochs: int) -> tuple[list[list[str]], str]
     test = load_data(TEST, spec, pre)
     start = apply_plan(teacher, Plan.from_json(PLANS[key]), calibration=train.x[:256], seed=0)
     macs = model_cost(start).macs / model_cost(teacher).macs
-    val_ref = run_batched(make_session(teacher), val.x).reshape(len(val), -1).argmax(1)
-    teacher_top1 = float((run_batched(make_session(teacher), test.x).reshape(len(test), -1).argmax(1) == test.y).mean())
+    def predict(model, data):  # noqa: ANN001, ANN202 - one session per model, both image sets
+        session = make_session(model)
+        return [run_batched(session, d.x).reshape(len(d), -1).argmax(1) for d in data]
+
+    val_ref, teacher_pred = predict(teacher, (val, test))
+    teacher_top1 = float((teacher_pred == test.y).mean())
     rows, correct = [], {}
     for precision in ("fp32", "bf16"):
         config = finetune_config(epochs, 0, None, "cpu", samples=50_000, precision=precision)  # compress's large-data recipe
@@ -66,8 +70,8 @@ def run_model(key: str, images: int, epochs: int) -> tuple[list[list[str]], str]
         student, result = finetune(start, teacher, train, None, config, progress=False)
         wall = time.perf_counter() - t0
         train_s = sum(h.train_seconds for h in result.history)
-        pred = run_batched(make_session(student), test.x).reshape(len(test), -1).argmax(1)
-        agree = float((run_batched(make_session(student), val.x).reshape(len(val), -1).argmax(1) == val_ref).mean())
+        pred, val_pred = predict(student, (test, val))
+        agree = float((val_pred == val_ref).mean())
         correct[precision] = pred == test.y
         rows.append([key, f"{macs:.3f}x", precision, f"{train_s / epochs:.0f}", f"{1000 * train_s / (epochs * len(train)):.2f}",
                      f"{wall:.0f}", f"{100 * agree:.1f}", f"{100 * correct[precision].mean():.1f}"])

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 
 from onnxcompress.compiler.errors import UsageError
 
+# the choices of --device and --train-precision, spelled once: the CLI, CompressConfig and the
+# trainer check against these
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
+TRAIN_PRECISIONS = ("fp32", "bf16")  # what the trainer runs (FinetuneConfig.precision)
+PRECISIONS = ("auto", *TRAIN_PRECISIONS)
 CPU_PROVIDERS = ("CPUExecutionProvider",)
 CUDA_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")  # ops CUDA lacks fall back to the CPU
 

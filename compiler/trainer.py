@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from onnxcompress.compiler.bridge import OnnxModule
 from onnxcompress.compiler.data import Dataset, InputSpec, iter_batches
+from onnxcompress.compiler.device import TRAIN_PRECISIONS
 from onnxcompress.compiler.kd import KDConfig, KDLoss, match_features, teacher_targets
 from onnxcompress.compiler.metrics import top1
 from onnxcompress.compiler.onnx_io import is_quantized
@@ -155,8 +156,8 @@ class FinetuneConfig:
             raise UsageError(f"mix_alpha must be > 0, got {self.mix_alpha}")
         if self.device not in ("cpu", "cuda"):
             raise UsageError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise UsageError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {self.precision!r}")
         if self.bn_calibration_batches < 1 or self.eval_batch_size < 1:
             raise UsageError("bn_calibration_batches and eval_batch_size must be >= 1")
         if self.teacher_classes is not None and (

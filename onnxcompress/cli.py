@@ -57,9 +57,11 @@ def _add_input_size(p: argparse.ArgumentParser) -> None:
 
 
 def _add_device(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    from onnxcompress.compiler.device import DEVICES, PRECISIONS  # (no torch: the choices only)
+
+    p.add_argument("--device", choices=DEVICES, default="auto",
                    help=f"{what} (default auto: CUDA when present, else the CPU; cuda: an error without it)")
-    p.add_argument("--train-precision", choices=("auto", "fp32", "bf16"), default="auto",
+    p.add_argument("--train-precision", choices=PRECISIONS, default="auto",
                    help="arithmetic of fine-tuning (default auto: bfloat16 autocast where the CPU or GPU has native bf16, "
                         "e.g. AVX512-BF16/AMX, float32 elsewhere; weights and the written model stay float32)")
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from onnxcompress.compiler.device import DEVICES, PRECISIONS
 from onnxcompress.compiler.errors import UsageError
 from onnxcompress.search.targets import Target
 
@@ -57,10 +58,10 @@ class CompressConfig:
             raise UsageError("--workers must be >= 1")
         if self.families < 1:
             raise UsageError("--families must be >= 1")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UsageError(f"--device must be auto, cpu or cuda, got {self.device!r}")
-        if self.train_precision not in ("auto", "fp32", "bf16"):
-            raise UsageError(f"--train-precision must be auto, fp32 or bf16, got {self.train_precision!r}")
+        if self.device not in DEVICES:
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.train_precision not in PRECISIONS:
+            raise UsageError(f"--train-precision must be one of {', '.join(PRECISIONS)}, got {self.train_precision!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise UsageError("--time-budget must be positive")
         if self.channel_multiple is not None and self.channel_multiple < 1:
