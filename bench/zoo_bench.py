@@ -111,7 +111,10 @@ def inspect_facts(path: Path) -> dict:
             break
         head += more
         head_layers |= {p for g in more for p in g.producers}
-    other = [g for g in frozen if g not in output and g not in head]
+    # a one-channel group that is a whole tensor alone (MobileViTv2's attention query: one
+    # context-score channel) has nothing a cut could take in any tool: counted apart, not as frozen
+    single = [g for g in frozen if g not in output and g not in head and g.channels == 1 and g.min_keep >= 1]
+    other = [g for g in frozen if g not in output and g not in head and g not in single]
     reasons = Counter(_reason_kind(g.reason or "?") for g in other)
     frozen_channels: Counter = Counter()
     examples: dict[str, str] = {}
@@ -122,6 +125,8 @@ def inspect_facts(path: Path) -> dict:
         "seconds": seconds, "macs": int(doc["macs"]), "groups": len(analysis.groups), "prunable": len(prunable),
         "output_frozen": len(output), "head_frozen": len(head), "head_reasons": sorted({_reason_kind(g.reason or "?") for g in head}),
         "head_producers": [p for g in head for p in g.producers],
+        "single_frozen": len(single), "single_reasons": sorted({_reason_kind(g.reason or "?") for g in single}),
+        "single_producers": [p for g in single for p in g.producers],
         "other_frozen": len(other), "reasons": reasons.most_common(), "reason_channels": dict(frozen_channels),
         "examples": examples, "out_share": out_share, "touched_share": touched, "layers": len(analysis.layers),
         "zero_mac_layers": [l.name for l in analysis.layers if l.macs == 0],
@@ -300,7 +305,8 @@ def rows_of(results: list[dict], records: dict[str, dict], labels: dict[str, str
             labels[r["name"]], export,
             f"{ins['prunable']}/{ins['groups']}" if ins else "crashed",
             f"{100 * ins['out_share']:.0f} % / {100 * ins['touched_share']:.0f} %" if ins else "-",
-            (f"{ins['other_frozen']}" + (f" (+{ins['head_frozen']} head)" if ins["head_frozen"] else "")) if ins else "-",
+            (f"{ins['other_frozen']}" + (f" (+{ins['head_frozen']} head)" if ins["head_frozen"] else "")
+             + (f" (+{ins['single_frozen']} one-channel tensors)" if ins.get("single_frozen") else "")) if ins else "-",
             f"{_mac_str(ins['macs']) if ins else '-'} / {_mac_str(r.get('runtime_macs'))}" + (f" ({100 * (err - 1):+.2f} %)" if err else ""),
             (f"{ratio:.3f}x" if ratio is not None else ("apply failed" if ap.get("rc") else "-")) + (f" (apply: {ap['ratio']:.3f}x)" if "ratio" in ap else ""),
             "yes" if r.get("valid") else ("no" if "valid" in r else "-"),
@@ -336,7 +342,9 @@ def report(results: list[dict], records: dict[str, dict], command: str, load: tu
     text += ("\n### Why groups stay frozen\n\nReasons of the frozen groups other than the output's (node names elided), with the "
              "number of groups and of channels, and one example in full. Groups whose producers are all last layers (no "
              "Conv/Gemm/MatMul after them but other such layers: a detection head's box, class and DFL convs) hold the output's channels and are "
-             "counted apart as \"head\".\n\n")
+             "counted apart as \"head\". So are groups of one channel that make up a tensor alone (\"one-channel tensors\": "
+             "a cut must keep that channel, so there is nothing to prune in any tool; a one-channel group inside wider "
+             "tensors is prunable, to zero).\n\n")
     for r in results:
         ins = r.get("inspect")
         if not ins:
@@ -344,6 +352,10 @@ def report(results: list[dict], records: dict[str, dict], command: str, load: tu
         label = labels[r["name"]]
         head = (f" Head: {ins['head_frozen']} groups ({', '.join(ins['head_producers'][:8])}"
                 f"{', …' if len(ins['head_producers']) > 8 else ''}), frozen as: {'; '.join(ins['head_reasons'])}.") if ins["head_frozen"] else ""
+        single = ins.get("single_frozen", 0)
+        if single:
+            head += (f" One-channel tensors: {single} groups ({', '.join(ins['single_producers'][:3])}"
+                     f"{', …' if len(ins['single_producers']) > 3 else ''}), frozen as: {'; '.join(ins['single_reasons'])}.")
         if not ins["reasons"]:
             text += f"- {label}: none besides the output's group.{head}\n"
             continue

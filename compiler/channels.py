@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 import networkx as nx
 import numpy as np
@@ -113,6 +114,19 @@ class TargetFix:
     layout: ChannelLayout
 
 
+@dataclass(frozen=True)
+class PermuteFix:
+    """A channel shuffle (Reshape-Transpose-Reshape, `nodes`) that a cut replaces by a Gather on
+    axis 1: output position p is input position `perm[p]`; after a cut the Gather picks, for each
+    kept position of `output`, its place among the kept positions of `input`. (A pruned shuffle
+    is in general no interleave of equal chunks any more, so the reshapes cannot stay.)"""
+
+    nodes: tuple[str, ...]
+    input: ChannelLayout
+    output: ChannelLayout
+    perm: tuple[int, ...]
+
+
 @dataclass
 class Space:
     size: int
@@ -136,6 +150,9 @@ class Tracer:
         self.slice_fixes: list[SliceFix] = []
         self.split_fixes: list[SplitFix] = []
         self.target_fixes: list[TargetFix] = []
+        self.permute_fixes: list[PermuteFix] = []
+        # spaces that partial segments cover (a shuffle's interleave), and the parts they split into
+        self.partial: set[int] = set()
         # the output of the last op of a multi-op pattern (channel shuffle, GroupNorm) -> the
         # layout it carries, recorded by the pattern's first op (the ops between carry None)
         self.deferred: dict[str, ChannelLayout] = {}
@@ -156,6 +173,10 @@ class Tracer:
         self.members[sid].append(node.name)
         return sid
 
+    def whole(self, seg: Segment) -> bool:
+        """The segment covers its whole space."""
+        return seg.start == 0 and seg.length == self.spaces[seg.space].size
+
     def resolve(self, layout: ChannelLayout | None) -> ChannelLayout | None:
         """`layout` in the current (split) spaces."""
         if layout is None or not any(s.space in self.parts for s in layout.segments):
@@ -164,11 +185,28 @@ class Tracer:
         stack = list(reversed(layout.segments))
         while stack:
             seg = stack.pop()
-            if seg.space in self.parts:
-                stack.extend(reversed([Segment(p.space, p.length, p.repeat * seg.repeat) for p in self.parts[seg.space]]))
-            else:
+            if seg.space not in self.parts:
                 segments.append(seg)
+            elif self.whole(seg):
+                stack.extend(reversed([Segment(p.space, p.length, p.repeat * seg.repeat) for p in self.parts[seg.space]]))
+            else:  # the parts overlapping channels [start, start + length) (split parts: repeat 1)
+                lo, hi, at, pieces = seg.start, seg.start + seg.length, 0, []
+                for p in self.parts[seg.space]:
+                    a, b = max(lo, at), min(hi, at + p.length)
+                    if a < b:
+                        pieces.append(Segment(p.space, b - a, seg.repeat, a - at))
+                    at += p.length
+                stack.extend(reversed(pieces))
         return replace(layout, segments=tuple(segments))
+
+    def permute(self, layout: ChannelLayout, perm: Sequence[int]) -> ChannelLayout:
+        """The layout of a tensor whose position p is position `perm[p]` of `layout` (a channel
+        shuffle): runs of one space's channels become partial segments."""
+        layout = self.resolve(layout)
+        positions = layout.positions()
+        out = ChannelLayout.from_positions(layout.axis, [positions[i] for i in perm])
+        self.partial.update(s.space for s in out.segments if not self.whole(s))
+        return out
 
     def _rebuild(self, space: int, pieces) -> None:  # noqa: ANN001 - Space -> ((size, offset, repeat), ...)
         """Replaces `space` and every space coupled to it by new spaces, `pieces(old)` giving each
@@ -183,6 +221,8 @@ class Tracer:
                 ids.append(len(self.spaces))
                 self.spaces.append(Space(size, old.producer, list(old.frozen), old.zero, offset))
                 self.members[ids[-1]] = list(self.members[s])
+                if s in self.partial:
+                    self.partial.add(ids[-1])
             self.parts[s] = tuple(Segment(n, size, repeat) for n, (size, _, repeat) in zip(ids, pieces(old)))
             self.coupling.remove_node(s)
             self.coupling.add_nodes_from(ids)
@@ -206,11 +246,11 @@ class Tracer:
             if inside:
                 unit, rem = divmod(inside[0] - offset, seg.repeat)
                 if unit > 0:  # (rem == 0 implies unit > 0: the boundary is inside the segment)
-                    self._split(seg.space, unit)
+                    self._split(seg.space, seg.start + unit)
                 elif seg.length > 1:
-                    self._split(seg.space, 1)
+                    self._split(seg.space, seg.start + 1)
                 else:  # one channel: its copies are cut apart in the layout
-                    parts = (Segment(seg.space, 1, rem), Segment(seg.space, 1, seg.repeat - rem))
+                    parts = (Segment(seg.space, 1, rem, seg.start), Segment(seg.space, 1, seg.repeat - rem, seg.start))
                     layout = replace(layout, segments=layout.segments[:i] + parts + layout.segments[i + 1 :])
                 return self._cut_at(layout, boundaries)
             offset += seg.width
@@ -224,8 +264,9 @@ class Tracer:
         """Makes every `factor` consecutive channels of `space` one channel of the analysis (they
         are always kept or cut together), in its whole coupled component: each space becomes a
         space of size / factor channels, repeated `factor` times. False if a size does not divide."""
-        if any(self.spaces[s].size % factor for s in nx.node_connected_component(self.coupling, space)):
-            return False
+        component = nx.node_connected_component(self.coupling, space)
+        if any(self.spaces[s].size % factor for s in component) or self.partial.intersection(component):
+            return False  # (partial segments of a shuffle's interleave do not line up with the blocks)
         self._rebuild(space, lambda old: ((old.size // factor, old.offset, factor),))
         return True
 
@@ -274,6 +315,9 @@ class Tracer:
     def fix_target(self, node: gs.Node, entries: tuple, layout: ChannelLayout) -> None:
         self.target_fixes.append(TargetFix(node.name, entries, layout))
 
+    def fix_permute(self, nodes: Sequence[gs.Node], input: ChannelLayout, output: ChannelLayout, perm: Sequence[int]) -> None:
+        self.permute_fixes.append(PermuteFix(tuple(n.name for n in nodes), input, output, tuple(int(p) for p in perm)))
+
     def fix_slice(self, node: gs.Node, axis: int, before: ChannelLayout | None, inside: ChannelLayout) -> None:
         self.slice_fixes.append(SliceFix(node.name, axis, before, inside))
 
@@ -314,6 +358,16 @@ class Tracer:
             if [s.width for s in a.segments] != [s.width for s in b.segments]:  # a refined layout cut a repeated channel
                 return self.unify(a, b, node)
         for sa, sb in zip(a.segments, b.segments):
+            for seg in (sa, sb):
+                if not self.whole(seg):
+                    # coupling is space to space, channel i to channel i: a partial segment's
+                    # space is split so that the segment covers whole spaces first
+                    if seg.start > 0:
+                        self._split(seg.space, seg.start)
+                    else:
+                        self._split(seg.space, seg.length)
+                    return self.unify(a, b, node)
+        for sa, sb in zip(a.segments, b.segments):
             if sa.repeat != sb.repeat:
                 # a channel repeated r times against r channels (a shuffle's interleaved copies
                 # against a conv's outputs): those channels become one channel of the analysis
@@ -341,10 +395,11 @@ class Tracer:
         self.pad_fixes = [replace(f, before=self.resolve(f.before), after=self.resolve(f.after)) for f in self.pad_fixes]
         self.slice_fixes = [replace(f, before=self.resolve(f.before), inside=self.resolve(f.inside)) for f in self.slice_fixes]
         self.split_fixes = [replace(f, outputs=tuple(self.resolve(o) for o in f.outputs)) for f in self.split_fixes]
+        self.permute_fixes = [replace(f, input=self.resolve(f.input), output=self.resolve(f.output)) for f in self.permute_fixes]
         self.target_fixes = [
             replace(f, layout=self.resolve(f.layout), entries=tuple(self.resolve(e) if isinstance(e, ChannelLayout) else e for e in f.entries))
             for f in self.target_fixes
         ]
 
 
-__all__ = ["ConstSlice", "DimRef", "GroupAttrFix", "PadFix", "ReshapeFix", "SliceFix", "Space", "SplitFix", "TargetFix", "Tracer"]
+__all__ = ["ConstSlice", "DimRef", "GroupAttrFix", "PadFix", "PermuteFix", "ReshapeFix", "SliceFix", "Space", "SplitFix", "TargetFix", "Tracer"]

@@ -178,6 +178,14 @@ def _quantized_macs(graph: gs.Graph) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+def kept_before(keep: int, x: int, channels: int) -> int:
+    """How many of a group's first `x` channels a cut that keeps `keep` of its `channels` keeps,
+    when x is one of the group's cell boundaries (ChannelGroup.cells; 0 and `channels` are):
+    the share of the kept channels, rounded half up, so that every range between boundaries
+    keeps its share within one channel and the shares add up to `keep`."""
+    return int(np.floor(keep * x / channels + 0.5)) if channels else 0
+
+
 @dataclass(frozen=True)
 class _LayerTerm:
     name: str
@@ -217,7 +225,13 @@ class SearchCost:
         for seg in layout.segments:
             gid = self._group_of_space.get(seg.space)
             size = self._sizes.get(gid, seg.length)
-            kept += seg.width * (keep.get(gid, size) / size) if gid is not None else seg.width
+            if gid is None or gid not in keep:
+                kept += seg.width
+            elif seg.start == 0 and seg.length == size:
+                kept += seg.width * (keep[gid] / size)
+            else:  # part of the group (a shuffled stream's half): exact when it spans whole cells
+                k = keep[gid]
+                kept += seg.repeat * (kept_before(k, seg.start + seg.length, size) - kept_before(k, seg.start, size))
         return kept / total if total else 1.0
 
     def macs(self, keep: Mapping[str, int], removed_layers: frozenset[str] = frozenset()) -> int:

@@ -100,7 +100,7 @@ def format_inspection(doc: dict[str, Any], analysis: Analysis) -> str:
         )
     lines += ["", f"  channel groups ({sum(g.prunable for g in analysis.groups)} prunable of {len(analysis.groups)}):"]
     for g in analysis.groups:
-        state = "prunable" if g.prunable else f"frozen: {g.reason}"
+        state = ("prunable" + (" (to 0: no tensor is this group alone)" if g.min_keep == 0 else "")) if g.prunable else f"frozen: {g.reason}"
         lines.append(f"    {g.id:<5} {g.channels:>5} ch  {len(g.producers)} producer(s), {len(g.members)} members  {state}")
     lines += ["", f"  removable units ({len(analysis.removable)}):"]
     for u in analysis.removable:

@@ -26,7 +26,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcompress.compiler import cost as costmod
-from onnxcompress.compiler.channels import ConstSlice, GroupAttrFix, PadFix, ReshapeFix, SliceFix, SplitFix, TargetFix, Tracer
+from onnxcompress.compiler.channels import ConstSlice, GroupAttrFix, PadFix, PermuteFix, ReshapeFix, SliceFix, SplitFix, TargetFix, Tracer
 from onnxcompress.compiler.graph import NodeGraph, tensor_vertex
 from onnxcompress.compiler.ops import OP_TABLE, ChannelLayout, Segment, const, shape_value_rule
 
@@ -44,6 +44,15 @@ class ChannelGroup:
     # range of that producer's output that belongs to a group of its own (a split space, e.g. a
     # conv whose output adds to a zero-padded shortcut), 0 when the output is one group
     anchors: tuple[tuple[str, int], ...] = ()
+    # the fewest channels a cut may keep: 0 when no tensor is made of this group's channels alone
+    # (every tensor that carries them carries other channels too, so cutting all of them leaves
+    # no tensor empty: ShuffleNetV2's channels isolated by a stream split), else 1
+    min_keep: int = 1
+    # interior boundaries of the channel ranges that tensors hold part of (a Split of a shuffled
+    # stream holds half of a branch conv's channels): a cut keeps, of every range [a, b) between
+    # them, kept_before(b) - kept_before(a) channels, kept_before(x) = floor(keep * x / channels
+    # + 1/2), so each tensor keeps its share and the cost model is exact (compiler/cost.py)
+    cells: tuple[int, ...] = ()
 
     @property
     def anchor(self) -> tuple[str, int]:
@@ -117,6 +126,7 @@ class Analysis:
     slice_fixes: tuple[SliceFix, ...] = ()
     split_fixes: tuple[SplitFix, ...] = ()
     target_fixes: tuple[TargetFix, ...] = ()
+    permute_fixes: tuple[PermuteFix, ...] = ()
     space_group: dict[int, str] = field(default_factory=dict)
     tensor_layouts: dict[str, ChannelLayout | None] = field(default_factory=dict)
     _groups_by_id: dict[str, ChannelGroup] = field(default_factory=dict, repr=False)
@@ -192,9 +202,49 @@ def trace(ng: NodeGraph) -> tuple[Tracer, dict[str, ChannelLayout | None]]:
     return tracer, layouts
 
 
-def _groups(tracer: Tracer, order: dict[str, int]) -> tuple[list[ChannelGroup], dict[int, str]]:
+def _whole(tracer: Tracer, layouts: dict[str, ChannelLayout | None]) -> set[int]:
+    """Spaces of the components that make up some tensor's channel axis alone (the components
+    that a cut must leave at least one channel)."""
+    component = {s: i for i, ss in enumerate(tracer.components()) for s in ss}
+    whole: set[int] = set()
+    for layout in layouts.values():
+        if layout is not None and layout.segments:
+            owners = {component.get(seg.space) for seg in layout.segments}
+            if len(owners) == 1 and None not in owners:
+                whole.add(owners.pop())
+    return {s for s, i in component.items() if i in whole}
+
+
+def _boundaries(tracer: Tracer, layouts: dict[str, ChannelLayout | None]) -> dict[int, set[int]]:
+    """Space -> interior boundaries of the channel ranges of it that some tensor holds without
+    the rest (from partial segments, merged per tensor: a shuffle's interleave holds all)."""
+    out: dict[int, set[int]] = {}
+    for layout in layouts.values():
+        if layout is None or all(tracer.whole(seg) for seg in layout.segments):
+            continue
+        ranges: dict[int, list[tuple[int, int]]] = {}
+        for seg in layout.segments:
+            ranges.setdefault(seg.space, []).append((seg.start, seg.start + seg.length))
+        for space, rs in ranges.items():
+            merged: list[list[int]] = []
+            for lo, hi in sorted(rs):
+                if merged and lo <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], hi)
+                else:
+                    merged.append([lo, hi])
+            size = tracer.spaces[space].size
+            cuts = {x for lo, hi in merged for x in (lo, hi) if 0 < x < size}
+            if cuts:
+                out.setdefault(space, set()).update(cuts)
+    return out
+
+
+def _groups(tracer: Tracer, order: dict[str, int], layouts: dict[str, ChannelLayout | None]) -> tuple[list[ChannelGroup], dict[int, str]]:
     """One group per connected component of the coupling graph, numbered in the order of their
-    first producer (ties: the older space first)."""
+    first producer (ties: the older space first). A group of one channel is prunable (to zero)
+    only when no tensor consists of it alone."""
+    whole = _whole(tracer, layouts)
+    bounds = _boundaries(tracer, layouts)
     components = sorted(tracer.components(), key=lambda ss: (min(order.get(tracer.spaces[s].producer, 0) for s in ss), ss[0]))
     offsets: dict[str, list[int]] = {}
     for ss in components:
@@ -213,10 +263,12 @@ def _groups(tracer: Tracer, order: dict[str, int]) -> tuple[list[ChannelGroup], 
         members.sort(key=lambda n: order.get(n, 0))
         producers = tuple(sorted({tracer.spaces[s].producer for s in spaces}, key=lambda n: order.get(n, 0)))
         size = tracer.spaces[spaces[0]].size
-        reason = "; ".join(reasons) if reasons else (None if size > 1 else "a single channel")
+        min_keep = 1 if spaces[0] in whole else 0
+        reason = "; ".join(reasons) if reasons else (None if size > 1 or min_keep == 0 else "a single channel")
         anchors = tuple(sorted({(sp.producer, part[sp.producer][sp.offset]) for sp in (tracer.spaces[s] for s in spaces)},
                                key=lambda a: (order.get(a[0], 0), a[1])))
-        groups.append(ChannelGroup(gid, size, tuple(members), producers, reason is None, reason, tuple(spaces), anchors))
+        cells = tuple(sorted(set().union(*(bounds.get(s, set()) for s in spaces))))
+        groups.append(ChannelGroup(gid, size, tuple(members), producers, reason is None, reason, tuple(spaces), anchors, min_keep, cells))
     return groups, space_group
 
 
@@ -258,7 +310,7 @@ def analyze(graph: gs.Graph) -> Analysis:
 
     ng = NodeGraph(graph)
     tracer, layouts = trace(ng)
-    groups, space_group = _groups(tracer, ng.position)
+    groups, space_group = _groups(tracer, ng.position, layouts)
     layers = _layers(ng, layouts, space_group)
     frozen = [Frozen(what, reason) for what, reason in tracer.notes]
     for g in groups:
@@ -284,6 +336,7 @@ def analyze(graph: gs.Graph) -> Analysis:
         slice_fixes=tuple(tracer.slice_fixes),
         split_fixes=tuple(tracer.split_fixes),
         target_fixes=tuple(tracer.target_fixes),
+        permute_fixes=tuple(tracer.permute_fixes),
         space_group=space_group,
         tensor_layouts=layouts,
     )
@@ -303,6 +356,7 @@ __all__ = [
     "Analysis",
     "GroupAttrFix",
     "PadFix",
+    "PermuteFix",
     "ReshapeFix",
     "SliceFix",
     "SplitFix",

@@ -1,6 +1,6 @@
 """Cutting channels out of a graph, shared by prune_channels and subset_classes: every constant
-slice, depthwise `group` attribute, Reshape target (flatten, channel shuffle, GroupNorm), channel
-Pad, Slice and Split that the analysis recorded for the touched channel spaces is rewritten in
+slice, depthwise `group` attribute, Reshape target (flatten, GroupNorm), channel shuffle (then a
+Gather), channel Pad, Slice and Split that the analysis recorded for the touched channel spaces is rewritten in
 one go."""
 
 from __future__ import annotations
@@ -66,6 +66,21 @@ def _fix_split(node: gs.Node, sizes: list[int]) -> None:
         node.inputs[1] = gs.Constant(f"{node.name}_cut_split", values)
 
 
+def _permute(graph: gs.Graph, nodes: dict[str, gs.Node], fix, keep: dict[int, np.ndarray]) -> None:  # noqa: ANN001 - a PermuteFix
+    """Replaces a channel shuffle's Reshape-Transpose-Reshape by a Gather of the kept positions
+    on axis 1 (the ops left without readers go at the graph's cleanup)."""
+    kept_in = fix.input.channel_mask(keep)
+    kept_out = fix.output.channel_mask(keep)
+    rank_in = np.cumsum(kept_in) - 1  # a kept input position's index among the kept ones
+    indices = rank_in[np.asarray(fix.perm, dtype=np.int64)[kept_out]]
+    first, last = nodes[fix.nodes[0]], nodes[fix.nodes[-1]]
+    out = last.outputs[0]
+    last.outputs.clear()
+    graph.nodes.append(gs.Node("Gather", name=f"{first.name}_permute", attrs={"axis": 1},
+                               inputs=[first.inputs[0], gs.Constant(f"{first.name}_permute_indices", indices.astype(np.int64))],
+                               outputs=[out]))
+
+
 def apply_cut(graph: gs.Graph, analysis: Analysis, keep: dict[int, np.ndarray]) -> gs.Graph:
     """`keep` maps channel space -> kept channel indices (spaces not in it are untouched)."""
     if not keep:
@@ -101,6 +116,9 @@ def apply_cut(graph: gs.Graph, analysis: Analysis, keep: dict[int, np.ndarray]) 
     for fix in analysis.split_fixes:
         if touched.intersection(sp for o in fix.outputs for sp in o.spaces):
             _fix_split(nodes[fix.node], [_kept(o, keep) for o in fix.outputs])
+    for fix in analysis.permute_fixes:
+        if touched.intersection(fix.input.spaces + fix.output.spaces):
+            _permute(graph, nodes, fix, keep)
     for fix in analysis.target_fixes:
         if touched.intersection(fix.layout.spaces):
             target = [_kept(e, keep) if isinstance(e, ChannelLayout) else int(e) for e in fix.entries]

@@ -43,19 +43,29 @@ def _per_index_norm(values: np.ndarray, axis: int, order: int) -> np.ndarray:
     return out
 
 
-def _channel_scores(s: ConstSlice, per_index: np.ndarray, space: int) -> np.ndarray:
-    """Per-channel scores of `space` from per-index scores along a slice's axis."""
+def _channel_scores(s: ConstSlice, per_index: np.ndarray, space: int, channels: int) -> np.ndarray:
+    """Per-channel scores of `space` (`channels` channels) from per-index scores along a slice's
+    axis; channels the slice does not hold (it reads part of the space: a shuffled stream's half)
+    score NaN."""
     layout = s.layout
     if layout.block is not None:
         block = per_index.reshape(layout.block)
         per_index = np.moveaxis(block, layout.block_axis, 0).reshape(layout.block[layout.block_axis], -1).sum(1)
-    out, offset = None, 0
+    out, offset = np.full(channels, np.nan), 0
     for seg in layout.segments:
-        if seg.space == space:  # the copies of a repeated channel (a shuffle's) add up
+        if seg.space == space:  # the copies of a repeated channel (a GroupNorm group's) add up
             part = per_index[offset : offset + seg.width].reshape(seg.length, seg.repeat).sum(1)
-            out = part if out is None else out + part
+            at = slice(seg.start, seg.start + seg.length)
+            out[at] = np.where(np.isnan(out[at]), part, out[at] + part)
         offset += seg.width
     return out
+
+
+def _normalised(scores: np.ndarray) -> np.ndarray:
+    """Scores divided by their mean over the channels held (no single layer dominates a group),
+    0 where not held."""
+    held = ~np.isnan(scores)
+    return np.where(held, scores / (scores[held].mean() + 1e-12), 0.0) if held.any() else np.zeros_like(scores)
 
 
 def _slices_of(analysis: Analysis, group: ChannelGroup, roles: tuple[str, ...]) -> list[tuple[ConstSlice, int]]:
@@ -63,7 +73,7 @@ def _slices_of(analysis: Analysis, group: ChannelGroup, roles: tuple[str, ...]) 
     out = []
     for s in analysis.slices:
         if s.role in roles:
-            for sp in dict.fromkeys(s.layout.spaces):  # a space may sit in two segments (a cut shuffle copy)
+            for sp in dict.fromkeys(s.layout.spaces):  # a space may sit in several segments (a shuffle's interleave)
                 if sp in spaces:
                     out.append((s, sp))
     return out
@@ -74,8 +84,7 @@ def weight_scores(graph: gs.Graph, analysis: Analysis, group: ChannelGroup, orde
     total = np.zeros(group.channels)
     for s, space in _slices_of(analysis, group, roles):
         values = read_values(nodes[s.node].inputs[s.input_index])
-        norms = _channel_scores(s, _per_index_norm(values, s.axis, order), space)
-        total += norms / (norms.mean() + 1e-12)
+        total += _normalised(_channel_scores(s, _per_index_norm(values, s.axis, order), space, group.channels))
     return total
 
 
@@ -86,7 +95,7 @@ def bn_scores(graph: gs.Graph, analysis: Analysis, group: ChannelGroup) -> np.nd
     nodes = {n.name: n for n in graph.nodes}
     total = np.zeros(group.channels)
     for s, space in pairs:
-        total += np.abs(_channel_scores(s, read_values(nodes[s.node].inputs[s.input_index]).astype(np.float64), space))
+        total += np.nan_to_num(np.abs(_channel_scores(s, read_values(nodes[s.node].inputs[s.input_index]).astype(np.float64), space, group.channels)))
     return total
 
 
@@ -115,8 +124,7 @@ def activation_scores(
         else:
             w = read_values(nodes[s.node].inputs[s.input_index])
             per_index = np.abs(moved).mean(axis=(0, 2)) * _per_index_norm(w, s.axis, 2)
-        scores = _channel_scores(s, per_index, space)
-        total += scores / (scores.mean() + 1e-12)
+        total += _normalised(_channel_scores(s, per_index, space, group.channels))
         found = True
     return total if found else weight_scores(graph, analysis, group, 1)
 

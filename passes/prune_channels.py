@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcompress.compiler.cost import SearchCost
+from onnxcompress.compiler.cost import SearchCost, kept_before
 from onnxcompress.compiler.ir import Analysis, ChannelGroup, analyze, keep_by_space
 from onnxcompress.compiler.onnx_io import export_graph
 from onnxcompress.compiler.runtime import intermediate_outputs
@@ -61,8 +61,8 @@ class PruneChannelsParams:
             raise PlanError('prune_channels with "group" needs exactly one of "keep" or "indices"')
         if ("keep" in f or "indices" in f) and "group" not in f:
             raise PlanError('prune_channels "keep"/"indices" need a "group"')
-        if "keep" in f and f["keep"] < 1:
-            raise PlanError(f"prune_channels keep must be >= 1, got {f['keep']}")
+        if "keep" in f and f["keep"] < 0:  # 0 only for groups that allow it (ChannelGroup.min_keep: checked in `targets`)
+            raise PlanError(f"prune_channels keep must be >= 0, got {f['keep']}")
         indices = None
         if "indices" in f:
             if not f["indices"] or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in f["indices"]):
@@ -72,8 +72,8 @@ class PruneChannelsParams:
             indices = tuple(sorted(f["indices"]))
         groups = None
         if "groups" in f:
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in f["groups"].values()):
-                raise PlanError("prune_channels groups must map group ids to channel counts >= 1")
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in f["groups"].values()):
+                raise PlanError("prune_channels groups must map group ids to channel counts >= 0")
             groups = tuple(sorted((str(k), int(v)) for k, v in f["groups"].items()))
         if f.get("round_to", 1) < 1:
             raise PlanError(f"prune_channels round_to must be >= 1, got {f['round_to']}")
@@ -135,7 +135,10 @@ def targets(analysis: Analysis, params: PruneChannelsParams, ctx: PassContext) -
                 raise PlanError(f"group '{ident}' has {g.channels} channels; index {max(k)} is out of range")
         elif k > g.channels:
             raise PlanError(f"group '{ident}' has {g.channels} channels; cannot keep {k}")
-        out[g.id] = k if isinstance(k, tuple) else rounded_keep(g.channels, k, params.round_to)
+        elif k < g.min_keep:
+            raise PlanError(f"group '{ident}' must keep at least {g.min_keep} channel: a tensor consists of its channels alone")
+        # an explicit 0 removes the group (allowed above); counts otherwise round to the grid
+        out[g.id] = k if isinstance(k, tuple) or k == 0 else rounded_keep(g.channels, k, params.round_to)
     return out
 
 
@@ -195,10 +198,29 @@ def choose_channels(
             keep[gid] = np.asarray(k, dtype=np.int64)
         elif k < g.channels:
             s = score(graph, analysis, g, activations)
-            # stable: ties keep the lower channel index, so results are reproducible
-            order = np.lexsort((np.arange(g.channels), -s))
-            keep[gid] = np.sort(order[:k])
+            keep[gid] = np.sort(np.concatenate([_best(s, a, b, kept_before(k, b, g.channels) - kept_before(k, a, g.channels))
+                                                for a, b in zip((0,) + g.cells, g.cells + (g.channels,))]))
     return keep
+
+
+def _best(scores: np.ndarray, a: int, b: int, n: int) -> np.ndarray:
+    """The `n` best-scoring channels among a..b-1 (stable: ties keep the lower index, so results
+    are reproducible)."""
+    part = scores[a:b]
+    return a + np.lexsort((np.arange(b - a), -part))[:n]
+
+
+def _empty_tensor(analysis: Analysis, by_space: dict[int, np.ndarray]) -> str | None:
+    """A tensor that the cut would leave without channels (a shuffled stream's half whose every
+    group keeps only channels of the other half), if any."""
+    for name, layout in analysis.tensor_layouts.items():
+        if layout is not None and layout.channels and _touched(layout, by_space) and not layout.channel_mask(by_space).any():
+            return name
+    return None
+
+
+def _touched(layout, by_space: dict[int, np.ndarray]) -> bool:  # noqa: ANN001 - a ChannelLayout
+    return any(s in by_space for s in layout.spaces)
 
 
 @register("prune_channels", PruneChannelsParams)
@@ -213,6 +235,9 @@ def prune_channels(graph: gs.Graph, params: PruneChannelsParams, ctx: PassContex
         raise PlanError("prune_channels with reconstruct=true needs calibration data (pass --data)")
     teacher = export_graph(graph.copy()) if do_fit else None
     by_space = keep_by_space(analysis, keep)
+    empty = _empty_tensor(analysis, by_space)
+    if empty is not None:
+        raise PlanError(f"prune_channels would leave tensor '{empty}' without channels: keep more channels of its groups")
     graph = apply_cut(graph, analysis, by_space)
     if do_fit:
         graph = reconstruct(graph, teacher, analysis, by_space, ctx.calibration, ctx.seed)

@@ -24,14 +24,17 @@ class DimRef:
 
 @dataclass(frozen=True)
 class Segment:
-    """`length` consecutive channels of one space, each repeated `repeat` times in a row along
-    the axis (`width` = length * repeat positions): position i * repeat + r is channel i. A
-    repeat > 1 comes from a channel shuffle (its g interleaved copies are the same channels of
-    the group) or a GroupNorm (a channel is a whole group of channels)."""
+    """`length` consecutive channels of one space, from its channel `start` on, each repeated
+    `repeat` times in a row along the axis (`width` = length * repeat positions): position
+    i * repeat + r is channel start + i. A repeat > 1 comes from a GroupNorm (a channel is a whole
+    group of channels) or the cut copies of one channel. A segment covers its whole space (start
+    0, length = the space's size) except after a channel shuffle, whose output interleaves
+    channels of several spaces one at a time (regroup_rules.py): those segments are *partial*."""
 
     space: int
     length: int
     repeat: int = 1
+    start: int = 0
 
     @property
     def width(self) -> int:
@@ -71,7 +74,8 @@ class ChannelLayout:
         for seg in self.segments:
             m = np.zeros(seg.length, dtype=bool)
             if seg.space in keep:
-                m[np.asarray(keep[seg.space], dtype=np.int64)] = True
+                k = np.asarray(keep[seg.space], dtype=np.int64)
+                m[k[(k >= seg.start) & (k < seg.start + seg.length)] - seg.start] = True
             else:
                 m[:] = True
             parts.append(np.repeat(m, seg.repeat) if seg.repeat != 1 else m)
@@ -80,8 +84,10 @@ class ChannelLayout:
     def indices(self, keep: dict[int, np.ndarray]) -> np.ndarray:
         """Indices along `axis` to keep. For a plain single-space layout the order of `keep` is
         kept (the class-subset pass reorders outputs); otherwise indices come out sorted."""
-        if self.block is None and len(self.segments) == 1 and self.segments[0].space in keep and self.segments[0].repeat == 1:
-            return np.asarray(keep[self.segments[0].space], dtype=np.int64)
+        first = self.segments[0] if len(self.segments) == 1 else None
+        if self.block is None and first is not None and first.space in keep and first.repeat == 1 and first.start == 0 \
+                and np.all(np.asarray(keep[first.space], dtype=np.int64) < first.length):
+            return np.asarray(keep[first.space], dtype=np.int64)
         mask = self.channel_mask(keep)
         if self.block is None:
             return np.flatnonzero(mask)
@@ -92,11 +98,37 @@ class ChannelLayout:
     def scaled(self, factor: int) -> "ChannelLayout":
         """The layout of a tensor with one entry per `factor` positions of this one (a GroupNorm's
         per-group parameters): every repeat divided by `factor` (callers check divisibility)."""
-        return ChannelLayout(self.axis, tuple(Segment(s.space, s.length, s.repeat // factor) for s in self.segments))
+        return ChannelLayout(self.axis, tuple(Segment(s.space, s.length, s.repeat // factor, s.start) for s in self.segments))
 
     def width(self) -> int:
         """Size of `axis` in the tensor."""
         return self.channels if self.block is None else int(np.prod(self.block))
+
+    def positions(self) -> list[tuple[int, int]]:
+        """(space, channel) at each position along the axis (not for flattened blocks)."""
+        return [(s.space, s.start + i) for s in self.segments for i in range(s.length) for _ in range(s.repeat)]
+
+    @staticmethod
+    def from_positions(axis: int, positions: Sequence[tuple[int, int]]) -> "ChannelLayout":
+        """The layout whose positions carry `positions` ((space, channel) each): runs of
+        consecutive channels of one space become one segment, a channel repeated in a row one
+        segment with that repeat."""
+        segments: list[Segment] = []
+        i = 0
+        while i < len(positions):
+            space, c = positions[i]
+            j = i + 1
+            while j < len(positions) and positions[j] == (space, c):
+                j += 1
+            if j > i + 1:
+                segments.append(Segment(space, 1, j - i, c))
+                i = j
+                continue
+            while j < len(positions) and positions[j] == (space, c + j - i) and (j + 1 >= len(positions) or positions[j + 1] != positions[j]):
+                j += 1
+            segments.append(Segment(space, j - i, 1, c))
+            i = j
+        return ChannelLayout(axis, tuple(segments))
 
 
 

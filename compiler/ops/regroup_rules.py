@@ -8,14 +8,14 @@ layout its last op outputs (`Tracer.deferred`), and the ops in between carry no 
 unrecognised form returns None and the Reshape rule freezes its channels as before.
 
 Channel shuffle, g groups of C/g: x.view(N, g, C/g, H, W).transpose(1, 2).reshape(N, C, H, W):
-output channel j*g + k is input channel k*(C/g) + j, a permutation. The g chunks of the input
-are unified channel for channel (channel j of every chunk is kept or cut together, so after a
-cut the pruned shuffle is still an exact interleave), and the output is chunk 0's channels each
-repeated g times in a row (`Segment.repeat`). Downstream, a layout that meets plain channels
-against repeated ones (the next unit's branch conv, concatenated and shuffled with the
-passthrough half) makes every `repeat` of those channels one channel of the analysis
-(`Tracer.unify` coarsens them): the many-to-one coupling across ShuffleNetV2 units. After a cut
-both reshape targets are rewritten (`TargetFix`: [0, g, -1, H, W] and [0, -1, H, W]).
+output channel j*g + k is input channel k*(C/g) + j, a permutation of the channel axis and
+nothing else: no channels are coupled by it. Its output layout is the input's permuted
+(`Tracer.permute`): the channels of several spaces interleaved one at a time, as *partial*
+segments (a run of one space's channels; the spaces are not split). A Split of the shuffled stream
+(ShuffleNetV2's next unit) then takes partial segments too, and every branch conv's outputs stay
+one channel group of their own however many shuffles they pass, as Torch-Pruning's index mappings
+do. After a cut the three ops become one Gather on the channel axis with the kept permutation
+(`PermuteFix`): a pruned shuffle is in general no interleave of equal chunks.
 
 GroupNorm with G groups: channels are cut by whole groups. A group whose channels are all zero
 normalises to zero, and the other groups' statistics do not change, so cutting it is lossless
@@ -37,8 +37,7 @@ import onnx_graphsurgeon as gs
 if TYPE_CHECKING:  # pragma: no cover
     from onnxcompress.compiler.channels import Tracer
 
-from onnxcompress.compiler.ops.layer_rules import _group_chunks
-from onnxcompress.compiler.ops.layout import ChannelLayout, Segment
+from onnxcompress.compiler.ops.layout import ChannelLayout
 from onnxcompress.compiler.ops.table import _register, const, shape_of
 
 
@@ -82,21 +81,13 @@ def _shuffle(node: gs.Node, x: ChannelLayout, in_shape: tuple, out_shape: tuple,
     if g * per != c or transpose is None or list(transpose.attrs.get("perm", [])) != [0, 2, 1] + list(range(3, len(out_shape))):
         return False
     back = _only_reader(transpose.outputs[0], "Reshape")
-    if back is None or not _fixable(back) or shape_of(back.outputs[0]) is None or tuple(shape_of(back.outputs[0])[1:]) != tuple(in_shape[1:]):
+    if back is None or shape_of(back.outputs[0]) is None or tuple(shape_of(back.outputs[0])[1:]) != tuple(in_shape[1:]):
         return False
-    chunks = _group_chunks(x, g, per, tr)
-    if len(chunks) != g:
-        tr.freeze(x, f"channel shuffle at '{node.name}' splits channels that cannot be grouped")
-        return True
-    for chunk in chunks[1:]:
-        if not tr.unify(chunks[0], chunk, node):
-            return True
-    first = tr.resolve(chunks[0])
-    out = ChannelLayout(1, tuple(Segment(s.space, s.length, s.repeat * g) for s in first.segments))
+    perm = [k * per + j for j in range(per) for k in range(g)]  # output position j*g + k <- input k*per + j
+    out = tr.permute(x, perm)
     for n in (node, transpose, back):
         tr.member(x, n)
-    tr.fix_target(node, (0, g, -1) + rest, out)
-    tr.fix_target(back, (0, -1) + rest, out)
+    tr.fix_permute((node, transpose, back), x, out, perm)
     tr.deferred[back.outputs[0].name] = out
     return True
 

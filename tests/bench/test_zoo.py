@@ -108,3 +108,22 @@ def test_missing_export_venv_is_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(cli, "assemble", lambda: None)
     cli.main(["all"])
     assert "skipped zoo: " in capsys.readouterr().out
+
+
+def test_one_channel_tensors_are_counted_apart_from_frozen_groups(tmp_path):
+    """The zoo table counts a one-channel group that makes up a tensor alone (MobileViTv2's
+    attention query) apart: a cut must keep its channel, so it is no frozen channel. Everything
+    else frozen still counts, and the done-when verdict reads only those."""
+    from bench.zoo_bench import done_when, inspect_facts
+    from tests.passes.test_separable_attention import SeparableAttention
+
+    path = tmp_path / "attention.onnx"
+    with torch.random.fork_rng():
+        onnx.save(_export(SeparableAttention(), tmp_path), str(path))
+    facts = inspect_facts(path)
+    assert facts["single_frozen"] == 1 and facts["other_frozen"] == 0 and facts["output_frozen"] == 1
+    assert any("broadcasts this single channel" in r for r in facts["single_reasons"])
+    r = {"inspect": facts, "valid": True, "runtime_macs": facts["macs"], "student_runtime_macs": facts["macs"] // 4,
+         "latency": {"ratio": 0.5}}
+    assert done_when(r) == "yes"
+    assert done_when({**r, "inspect": {**facts, "other_frozen": 1}}) == "no: frozen"

@@ -117,6 +117,26 @@ def test_uniform_prune_shrinks_the_stream_and_costs_are_exact(option_a):
     assert widths == [2, 4]  # half of the 4 and 8 zero channels
 
 
+def test_zero_channel_groups_may_be_cut_to_none(option_a):
+    """The zero channels a Pad adds (and the conv channels added to them) never make up a tensor
+    alone: a plan may cut such a group to 0 channels (ChannelGroup.min_keep 0). A group that is
+    a whole tensor (the stem's, the inner convs') keeps at least one."""
+    from onnxcompress.compiler.errors import PlanError
+
+    a = analyze(import_graph(option_a))
+    stream = _stream_groups(a)
+    zero = [g for g in stream if g.channels == 4]
+    assert len(zero) == 2 and all(g.min_keep == 0 and g.prunable for g in zero)
+    inner = [g for g in a.groups if g.prunable and g not in stream]
+    assert inner and all(g.min_keep == 1 for g in inner)
+    for g in zero + [next(g for g in stream if g.channels == 8 and g.min_keep == 0)]:
+        out = apply_plan(option_a, Plan.from_json({"passes": [{"pass": "prune_channels", "group": g.id, "keep": 0}]}))
+        assert run(out).shape == (len(X), 10)
+        assert model_cost(out).macs == conv_macs(out) == SearchCost(a).macs({g.id: 0}) < model_cost(option_a).macs
+    with pytest.raises(PlanError, match="must keep at least 1 channel"):
+        apply_plan(option_a, Plan.from_json({"passes": [{"pass": "prune_channels", "groups": {inner[0].id: 0}}]}))
+
+
 def test_remove_block_with_option_a_shortcut(option_a):
     a = analyze(import_graph(option_a))
     units = [u for u in a.removable if u.kind == "residual_block"]
