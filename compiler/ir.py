@@ -46,7 +46,8 @@ class ChannelGroup:
     anchors: tuple[tuple[str, int], ...] = ()
     # the fewest channels a cut may keep: 0 when no tensor is made of this group's channels alone
     # (every tensor that carries them carries other channels too, so cutting all of them leaves
-    # no tensor empty: ShuffleNetV2's channels isolated by a stream split), else 1
+    # no tensor empty: the zero channels an option-A shortcut pads with, and the conv channels
+    # added to them), else 1
     min_keep: int = 1
     # interior boundaries of the channel ranges that tensors hold part of (a Split of a shuffled
     # stream holds half of a branch conv's channels): a cut keeps, of every range [a, b) between
