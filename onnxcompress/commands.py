@@ -240,7 +240,8 @@ def cmd_finetune(args) -> int:
     val = load_data(args.val_data, spec, preprocess, classes=classes, num_classes=n) if args.val_data else None
     kinds = tuple(k.strip() for k in args.kd.split(",") if k.strip())
     config = replace(
-        finetune_config(args.epochs, args.seed, classes, hardware.torch, precision=args.train_precision),
+        # compress's recipe for this much data (batch 64 on every core from LARGE_DATA images)
+        finetune_config(args.epochs, args.seed, classes, hardware.torch, samples=len(train), precision=args.train_precision),
         kd=KDConfig(kinds=kinds),
     )
     ckpt = Path(str(out) + ".checkpoint")

@@ -222,6 +222,31 @@ def test_finetune_feeds_the_inputs_the_student_was_built_for(files, tmp_path):
     assert float(props["onnxcompress.scale"]) == 0.5
 
 
+@pytest.mark.parametrize("large", [False, True])
+def test_finetune_uses_compress_recipe_for_its_data_size(files, tmp_path, monkeypatch, large):
+    """`finetune` trains with the recipe compress gives the same data (batch 64 on every core
+    from LARGE_DATA images, else batch 16 on one thread): it used the small-data one always."""
+    import os
+    from types import SimpleNamespace
+
+    from onnxcompress import pipeline
+    from onnxcompress.cli import main
+    from onnxcompress.compiler import trainer
+
+    seen = []
+
+    def fake(student, teacher, train, val, config, **kwargs):
+        seen.append(config)
+        return student, SimpleNamespace(best_val_accuracy=None, initial_val_accuracy=None, epochs_run=0, wall_s=0.0, precision="fp32")
+
+    monkeypatch.setattr(trainer, "finetune", fake)
+    monkeypatch.setattr(pipeline, "LARGE_DATA", 40 if large else 41)  # the fixture's data has 40 images
+    rc = main(["finetune", str(files / "model.onnx"), "--teacher", str(files / "model.onnx"), "--data", str(files / "data.npz"),
+               "--epochs", "1", "-o", str(tmp_path / "t.onnx"), "--quiet"])
+    assert rc == 0 and len(seen) == 1
+    assert (seen[0].batch_size, seen[0].threads) == ((pipeline.LARGE_DATA_BATCH, os.cpu_count() or 1) if large else (16, 1))
+
+
 def test_unknown_custom_op_is_inspected_not_fatal(tmp_path):
     g = GraphBuilder()
     x = g.relu(g.conv("x", 3, 8))
