@@ -300,3 +300,23 @@ def test_dynamo_exports_prune_the_same(name):
     with torch.no_grad():  # the fine-tuning bridge runs the pruned student as onnxruntime does
         got = OnnxModule(half).eval()(torch.from_numpy(X)).numpy()
     np.testing.assert_allclose(got, run(half), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compress_a_shuffle_stage_end_to_end(stage, tmp_path):
+    """`compress` on the shuffle stage (DDPG over groups with cells, refit, one fine-tuning epoch
+    through the bridge's Gather): a valid student at the MACs target, whose reported MACs are what
+    onnxruntime's shapes count."""
+    from onnxcompress import compress
+
+    onnx.save(stage, tmp_path / "t.onnx")
+    x = np.random.default_rng(0).integers(0, 255, (240, 16, 16, 3), dtype=np.uint8)
+    y = run(stage, ((x.astype(np.float32) / 255).transpose(0, 3, 1, 2))).argmax(1)
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    result = compress(tmp_path / "t.onnx", tmp_path / "train.npz", "macs=0.4", episodes=4, finetune_epochs=1, families=1,
+                      channel_multiple=1, progress=False)
+    student = result.students[0]
+    assert student.feasible and student.metrics.macs <= 0.4 * result.teacher.macs
+    m = student.model
+    assert student.metrics.macs == model_cost(m).macs == runtime_macs(m, (3, 16, 16))
+    assert run(m, X).shape == (len(X), 10)
