@@ -13,6 +13,8 @@ it with the rewritten graph).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
@@ -183,7 +185,7 @@ def kept_before(keep: int, x: int, channels: int) -> int:
     when x is one of the group's cell boundaries (ChannelGroup.cells; 0 and `channels` are):
     the share of the kept channels, rounded half up, so that every range between boundaries
     keeps its share within one channel and the shares add up to `keep`."""
-    return int(np.floor(keep * x / channels + 0.5)) if channels else 0
+    return math.floor(keep * x / channels + 0.5) if channels else 0
 
 
 @dataclass(frozen=True)

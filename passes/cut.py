@@ -1,14 +1,14 @@
 """Cutting channels out of a graph, shared by prune_channels and subset_classes: every constant
 slice, depthwise `group` attribute, Reshape target (flatten, GroupNorm), channel shuffle (then a
-Gather), channel Pad, Slice and Split that the analysis recorded for the touched channel spaces is rewritten in
-one go."""
+Gather), channel Pad, Slice and Split that the analysis recorded for the touched channel spaces
+is rewritten in one go."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcompress.compiler.ir import Analysis
+from onnxcompress.compiler.ir import Analysis, PermuteFix
 from onnxcompress.compiler.ops import ChannelLayout, rank_of
 from onnxcompress.compiler.tensors import read_values
 
@@ -66,7 +66,7 @@ def _fix_split(node: gs.Node, sizes: list[int]) -> None:
         node.inputs[1] = gs.Constant(f"{node.name}_cut_split", values)
 
 
-def _permute(graph: gs.Graph, nodes: dict[str, gs.Node], fix, keep: dict[int, np.ndarray]) -> None:  # noqa: ANN001 - a PermuteFix
+def _permute(graph: gs.Graph, nodes: dict[str, gs.Node], fix: PermuteFix, keep: dict[int, np.ndarray]) -> None:
     """Replaces a channel shuffle's Reshape-Transpose-Reshape by a Gather of the kept positions
     on axis 1 (the ops left without readers go at the graph's cleanup)."""
     kept_in = fix.input.channel_mask(keep)
